@@ -1,0 +1,42 @@
+/* Every limit on what a client or an upstream can make the broker allocate
+ * or parse, in one place. Run-time defaults that operators may change live
+ * in config.h; these are the hard maxima the code is written against. */
+#ifndef SB_CORE_LIMITS_H
+#define SB_CORE_LIMITS_H
+
+/* Names (Kubernetes API conventions: DNS-1123 subdomain and label). */
+#define SB_MAX_SECRET_NAME 253 /* secret names are DNS subdomains */
+#define SB_MAX_NAMESPACE   63  /* namespaces are DNS labels */
+#define SB_MAX_SA_NAME     253 /* ServiceAccount names are DNS subdomains */
+#define SB_MAX_KEY         253 /* Secret data keys, same bound as the API server */
+
+/* Identity. */
+#define SB_MAX_SPIFFE_ID     2048 /* SPIFFE ID spec: URIs longer than this are invalid */
+#define SB_MAX_TRUST_DOMAIN  255
+#define SB_MAX_CERT_CHAIN    8     /* certificates accepted in a client chain */
+#define SB_MAX_BEARER_TOKEN  16384 /* projected ServiceAccount tokens are ~1 KiB */
+#define SB_MAX_SERIAL_HEX    64    /* X.509 serials are at most 20 bytes */
+
+/* HTTP requests. The header limit is libmicrohttpd's per-connection memory
+ * pool: request line and headers must fit in it, or it answers 431/414. */
+#define SB_MAX_URI            4096
+#define SB_MAX_CONN_MEMORY    (32 * 1024)
+#define SB_MAX_BATCH_BODY     (128 * 1024)
+#define SB_MAX_BATCH_ITEMS    100
+#define SB_MAX_QUERY_ARGS     8
+#define SB_MAX_REQUEST_ID     64 /* our own ids are 32 hex characters */
+#define SB_MAX_VERSION_ID     64 /* AWS VersionId: 32-64 characters */
+#define SB_MAX_VERSION_STAGE  256
+
+/* Upstream answers. A Kubernetes Secret holds at most 1 MiB of data, which
+ * base64 and JSON grow by about 4/3; AWS secrets are at most 64 KiB. */
+#define SB_MAX_UPSTREAM_BODY  (4 * 1024 * 1024)
+#define SB_MAX_JSON_DEPTH     32
+#define SB_MAX_SECRET_KEYS    1024 /* keys in one secret */
+#define SB_MAX_BATCH_RESPONSE (32 * 1024 * 1024)
+#define SB_MAX_AWS_BATCH      20 /* BatchGetSecretValue takes at most 20 ids */
+
+/* Logging: user-controlled text is cut to this many bytes in log lines. */
+#define SB_MAX_LOG_FIELD 512
+
+#endif
