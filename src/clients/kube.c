@@ -487,8 +487,10 @@ void sb_kube_request_token(sb_kube *k, const char *ns, const char *sa, const cha
                            void *ud)
 {
     char *path = sb_xasprintf("/api/v1/namespaces/%s/serviceaccounts/%s/token", ns, sa);
-    json_t *req = json_pack("{s:s, s:s, s:{s:[s], s:i}}", "apiVersion", "authentication.k8s.io/v1",
-                            "kind", "TokenRequest", "spec", "audiences", audience,
+    /* No audience means the API server's own audiences. */
+    json_t *audiences = audience ? json_pack("[s]", audience) : json_array();
+    json_t *req = json_pack("{s:s, s:s, s:{s:o, s:i}}", "apiVersion", "authentication.k8s.io/v1",
+                            "kind", "TokenRequest", "spec", "audiences", audiences,
                             "expirationSeconds", expiration_s);
     call_json(k, path, req, request_id, done, ud);
     free(path);

@@ -64,7 +64,8 @@ void sb_kube_review_access(sb_kube *k, const char *sa_ns, const char *sa, const 
                            void *ud);
 bool sb_kube_review_allowed(const json_t *review, const char **out_reason);
 
-/* TokenRequest for ServiceAccount ns/sa with one audience. */
+/* TokenRequest for ServiceAccount ns/sa with one audience (NULL: the API
+ * server's own audiences, for reading as that ServiceAccount). */
 void sb_kube_request_token(sb_kube *k, const char *ns, const char *sa, const char *audience,
                            int expiration_s, const char *request_id, sb_kube_done_fn done,
                            void *ud);
