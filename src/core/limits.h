@@ -16,6 +16,8 @@
 #define SB_MAX_CERT_CHAIN    8     /* certificates accepted in a client chain */
 #define SB_MAX_BEARER_TOKEN  16384 /* projected ServiceAccount tokens are ~1 KiB */
 #define SB_MAX_SERIAL_HEX    64    /* X.509 serials are at most 20 bytes */
+#define SB_MAX_CERT_SANS     64    /* subject alternative names read from a client cert */
+#define SB_MAX_CERT_EKUS     16    /* extended key usages read from a client cert */
 
 /* HTTP requests. The header limit is libmicrohttpd's per-connection memory
  * pool: request line and headers must fit in it, or it answers 431/414. */
