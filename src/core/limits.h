@@ -41,4 +41,10 @@
 /* Logging: user-controlled text is cut to this many bytes in log lines. */
 #define SB_MAX_LOG_FIELD 512
 
+/* Audit records: user-controlled text is cut to this many bytes (names,
+ * keys and namespaces that pass validation are shorter), the request path
+ * to the second. */
+#define SB_MAX_AUDIT_FIELD 256
+#define SB_MAX_AUDIT_PATH  2048
+
 #endif
