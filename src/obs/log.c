@@ -13,6 +13,8 @@
 #include "core/limits.h"
 
 #define LINE_MAX_BYTES 4096
+#define MODULE_MAX     32 /* module tags are short literals */
+#define LINE_TAIL      64 /* kept free after the message for the line's end */
 
 static atomic_int min_level = SB_LOG_INFO;
 
@@ -90,15 +92,16 @@ static void emit(sb_log_level level, const char *module, const char *request_id,
     pos = put(line, sizeof(line), pos, "\",\"level\":\"");
     pos = put(line, sizeof(line), pos, sb_log_level_name(level));
     pos = put(line, sizeof(line), pos, "\",\"module\":\"");
-    pos = put(line, sizeof(line), pos, module);
+    pos += sb_json_escape(line + pos, sizeof(line) - pos, module, strlen(module), MODULE_MAX);
     if (request_id) {
         pos = put(line, sizeof(line), pos, "\",\"request_id\":\"");
         pos += sb_json_escape(line + pos, sizeof(line) - pos, request_id, strlen(request_id),
                               SB_MAX_REQUEST_ID);
     }
     pos = put(line, sizeof(line), pos, "\",\"msg\":\"");
-    /* Keep room after the message for the closing of the line. */
-    pos += sb_json_escape(line + pos, sizeof(line) - 64 - pos, msg, strlen(msg), 2048);
+    /* Keep room after the message for the closing of the line. The
+     * fields before it are capped, so pos is far below the tail here. */
+    pos += sb_json_escape(line + pos, sizeof(line) - LINE_TAIL - pos, msg, strlen(msg), 2048);
     pos = put(line, sizeof(line), pos, "\"");
 
     /* Extra fields are a JSON object; splice its members into the line, or
@@ -120,8 +123,8 @@ static void emit(sb_log_level level, const char *module, const char *request_id,
         return;
 }
 
-void sb_log_write(sb_log_level level, const char *module, const char *request_id,
-                  const char *fmt, ...)
+void sb_log_write(sb_log_level level, const char *module, const char *request_id, const char *fmt,
+                  ...)
 {
     char msg[2048];
     va_list ap;
@@ -134,8 +137,8 @@ void sb_log_write(sb_log_level level, const char *module, const char *request_id
     emit(level, module, request_id, msg, NULL);
 }
 
-void sb_log_fields(sb_log_level level, const char *module, const char *request_id,
-                   const char *msg, const char *fields_json)
+void sb_log_fields(sb_log_level level, const char *module, const char *request_id, const char *msg,
+                   const char *fields_json)
 {
     if (!sb_log_enabled(level))
         return;
