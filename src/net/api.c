@@ -1,0 +1,522 @@
+/* API request handling (see api.h). A request moves through: first call
+ * (headers: refuse smuggling shapes and oversized bodies, parse the
+ * target), body calls (batch only), final call (identify, authorize and
+ * fetch through the broker, maybe suspended), then one response after its
+ * audit record is written. libmicrohttpd calls the handler on the
+ * connection's HTTP thread; broker completions run on the loop thread and
+ * only resume the connection. */
+#include "net/api.h"
+
+#include <gnutls/crypto.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/alloc.h"
+#include "core/clock.h"
+#include "net/render.h"
+#include "net/request.h"
+#include "obs/log.h"
+#include "obs/metrics.h"
+
+#define JSON_TYPE "application/json"
+
+enum phase {
+    PHASE_HEADERS, /* nothing seen yet */
+    PHASE_BODY,    /* headers accepted; reading the body */
+    PHASE_WAITING, /* suspended while the broker works */
+    PHASE_DONE,    /* a response is queued */
+};
+
+struct sb_api_req {
+    sb_server *srv;
+    struct MHD_Connection *conn;
+    enum phase phase;
+    int64_t start_us;
+    int64_t wall_ms;
+    char request_id[SB_MAX_REQUEST_ID + 1];
+    char method[16];
+    char *raw_uri;
+    size_t raw_len;
+
+    sb_err early_err; /* a refusal decided before the final call */
+    const char *early_why;
+    bool close_after;
+
+    sb_request parsed;
+    sb_metrics_endpoint endpoint;
+    sb_identity caller;
+    bool identified;
+    sb_buf body;
+
+    /* One broker request per asked-for secret: one for a GET, one per
+     * item for a batch. */
+    sb_target *targets;
+    sb_broker_req *breqs;
+    size_t count;
+    atomic_size_t pending;
+};
+
+static void new_request_id(char out[SB_MAX_REQUEST_ID + 1])
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char raw[16];
+
+    if (gnutls_rnd(GNUTLS_RND_NONCE, raw, sizeof(raw)) != 0)
+        abort();
+    for (size_t i = 0; i < sizeof(raw); i++) {
+        out[2 * i] = hex[raw[i] >> 4];
+        out[2 * i + 1] = hex[raw[i] & 15];
+    }
+    out[32] = '\0';
+}
+
+sb_api_req *sb_api_begin(sb_server *s, struct MHD_Connection *conn, const char *raw_uri)
+{
+    sb_api_req *r = sb_xcalloc(1, sizeof(*r));
+
+    r->srv = s;
+    r->conn = conn;
+    r->start_us = sb_clock_mono_us();
+    r->wall_ms = sb_clock_wall_ms();
+    new_request_id(r->request_id);
+    r->raw_len = strnlen(raw_uri, SB_MAX_URI + 1);
+    r->raw_uri = sb_xstrndup(raw_uri, r->raw_len);
+    sb_buf_init(&r->body, SB_MAX_BATCH_BODY);
+    r->endpoint = SB_METRICS_EP_OTHER;
+    return r;
+}
+
+void sb_api_end(sb_api_req *r, enum MHD_RequestTerminationCode toe)
+{
+    for (size_t i = 0; i < r->count; i++)
+        sb_broker_req_clear(&r->breqs[i]);
+    free(r->breqs);
+    free(r->targets);
+    free(r->raw_uri);
+    sb_buf_free(&r->body);
+    free(r);
+}
+
+static sb_audit_decision audit_decision(sb_decision d)
+{
+    return d == SB_DECISION_ALLOW ? SB_AUDIT_ALLOW
+           : d == SB_DECISION_DENY ? SB_AUDIT_DENY
+                                   : SB_AUDIT_NONE;
+}
+
+static const char *backend_of(const sb_broker_req *b)
+{
+    return b->doc ? sb_backend_kind_name(b->doc->backend) : NULL;
+}
+
+static void fill_items(const sb_api_req *r, sb_audit_item *items)
+{
+    for (size_t i = 0; i < r->count; i++) {
+        const sb_broker_req *b = &r->breqs[i];
+        const sb_target *t = &r->targets[i];
+        items[i] = (sb_audit_item){
+            .secret_name = sb_audit_cstr(t->name),
+            .ns = sb_audit_cstr(b->ns),
+            .key = sb_audit_cstr(t->key[0] ? t->key : NULL),
+            .version = sb_audit_cstr(b->doc ? b->doc->version : NULL),
+            .status_code = sb_err_http_status(b->err),
+            .backend = backend_of(b),
+            .cache_hit = b->cache_hit,
+            .decision = audit_decision(b->decision),
+            .reason = b->reason,
+        };
+    }
+}
+
+/* Writes the request's audit record. status is what will be sent. */
+static sb_err audit(sb_api_req *r, int status, const char *reason)
+{
+    const sb_server_deps *deps = sb_server_deps_of(r->srv);
+    const sb_broker_req *one = r->count == 1 && r->parsed.route != SB_ROUTE_BATCH ? r->breqs : NULL;
+    sb_audit_item items[SB_MAX_BATCH_ITEMS];
+    sb_audit_record rec = {.wall_ms = r->wall_ms, .request_id = sb_audit_cstr(r->request_id)};
+
+    if (r->identified) {
+        rec.caller.service_account = sb_audit_cstr(r->caller.sa);
+        rec.caller.ns = sb_audit_cstr(r->caller.ns);
+        rec.caller.cert_serial = sb_audit_cstr(r->caller.serial[0] ? r->caller.serial : NULL);
+        rec.caller.identity_source = r->caller.source;
+    }
+    rec.request.method = sb_audit_cstr(r->method);
+    rec.request.path = (sb_audit_str){r->raw_uri, r->raw_len};
+    rec.request.refresh = r->parsed.refresh;
+    if (r->parsed.route != SB_ROUTE_BATCH && r->parsed.target.name[0]) {
+        const sb_target *t = &r->parsed.target;
+        rec.request.secret_name = sb_audit_cstr(t->name);
+        rec.request.ns = sb_audit_cstr(one ? one->ns : (t->ns[0] ? t->ns : NULL));
+        rec.request.key = sb_audit_cstr(t->key[0] ? t->key : NULL);
+        rec.request.version_stage = sb_audit_cstr(t->version_stage[0] ? t->version_stage : NULL);
+        rec.request.version_id = sb_audit_cstr(t->version_id[0] ? t->version_id : NULL);
+    }
+    if (r->parsed.route == SB_ROUTE_BATCH) {
+        rec.request.batch = true;
+        rec.request.batch_items = r->count;
+        fill_items(r, items);
+        rec.items = items;
+        rec.item_count = r->count;
+    }
+    rec.response.status_code = status;
+    if (one) {
+        rec.response.backend = backend_of(one);
+        rec.response.cache_hit = one->cache_hit;
+        rec.response.version = sb_audit_cstr(one->doc ? one->doc->version : NULL);
+        rec.decision = audit_decision(one->decision);
+    }
+    rec.reason = reason;
+    rec.duration_us = sb_clock_mono_us() - r->start_us;
+    return sb_audit_write(deps->audit, &rec);
+}
+
+static enum MHD_Result queue_error(sb_api_req *r, sb_err err, const char *why);
+
+/* Audits, then queues resp with status; when the audit record cannot be
+ * written the response is dropped unsent (fail-closed, DESIGN.md 8). */
+static enum MHD_Result send_answer(sb_api_req *r, int status, struct MHD_Response *resp,
+                                   const char *reason)
+{
+    const sb_server_deps *deps = sb_server_deps_of(r->srv);
+
+    if (audit(r, status, reason) != SB_OK && !deps->cfg->audit_fail_open) {
+        MHD_destroy_response(resp);
+        SB_ERROR("audit", r->request_id, "audit record not written; answering 503");
+        r->close_after = true;
+        return queue_error(r, SB_E_AUDIT, "the audit log cannot be written");
+    }
+    r->phase = PHASE_DONE;
+    sb_metrics_request(r->endpoint, status, sb_clock_mono_us() - r->start_us);
+    SB_DEBUG("api", r->request_id, "%s answered %d", r->method, status);
+    return sb_server_queue(r->conn, status, resp, r->close_after);
+}
+
+/* An error answer without an audit record (used when auditing failed). */
+static enum MHD_Result queue_error(sb_api_req *r, sb_err err, const char *why)
+{
+    sb_buf buf;
+    int status = sb_err_http_status(err);
+
+    sb_buf_init(&buf, 4096);
+    if (sb_render_error(&buf, err, why, r->request_id) != SB_OK)
+        sb_buf_reset(&buf);
+    struct MHD_Response *resp = sb_server_response_buf(&buf, JSON_TYPE, r->request_id);
+    if (err == SB_E_METHOD)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, "GET, POST");
+    r->phase = PHASE_DONE;
+    sb_metrics_request(r->endpoint, status, sb_clock_mono_us() - r->start_us);
+    return sb_server_queue(r->conn, status, resp, r->close_after);
+}
+
+static enum MHD_Result respond_error(sb_api_req *r, sb_err err, const char *why, int retry_after)
+{
+    sb_buf buf;
+    char secs[16];
+    int status = sb_err_http_status(err);
+
+    sb_buf_init(&buf, 4096);
+    if (sb_render_error(&buf, err, why, r->request_id) != SB_OK)
+        sb_buf_reset(&buf);
+    struct MHD_Response *resp = sb_server_response_buf(&buf, JSON_TYPE, r->request_id);
+    if (err == SB_E_METHOD)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, "GET, POST");
+    if (retry_after >= 0 && (status == 429 || status == 503)) {
+        snprintf(secs, sizeof(secs), "%d", retry_after);
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, secs);
+    }
+    if (status == 401)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+    return send_answer(r, status, resp, sb_err_code(err));
+}
+
+static enum MHD_Result respond_single(sb_api_req *r)
+{
+    sb_broker_req *b = &r->breqs[0];
+    const sb_target *t = &r->targets[0];
+    sb_buf buf;
+
+    if (b->err != SB_OK)
+        return respond_error(r, b->err, b->detail, b->retry_after_s);
+
+    if (t->key[0]) {
+        const sb_secret_item *it = sb_doc_find(b->doc, t->key, strlen(t->key));
+        if (!it)
+            return respond_error(r, SB_E_NOT_FOUND, "the secret has no such key", -1);
+        bool text = !b->doc->binary_only &&
+                    sb_render_is_utf8(sb_secret_data(it->value), sb_secret_len(it->value));
+        struct MHD_Response *resp = sb_server_response_secret(
+            sb_secret_ref(it->value),
+            text ? "text/plain; charset=utf-8" : "application/octet-stream", r->request_id);
+        return send_answer(r, 200, resp, b->reason);
+    }
+
+    sb_buf_init(&buf, SB_MAX_BATCH_RESPONSE);
+    if (sb_render_secret(&buf, b->doc, b->cache_hit) != SB_OK) {
+        sb_buf_free(&buf);
+        return respond_error(r, SB_E_INTERNAL, "the secret could not be rendered", -1);
+    }
+    return send_answer(r, 200, sb_server_response_buf(&buf, JSON_TYPE, r->request_id), b->reason);
+}
+
+static sb_err render_item(sb_buf *buf, const sb_target *t, sb_broker_req *b)
+{
+    const sb_secret_item *it = NULL;
+    sb_err err = b->err;
+    const char *detail = b->detail;
+
+    if (err == SB_OK && t->key[0]) {
+        it = sb_doc_find(b->doc, t->key, strlen(t->key));
+        if (!it) {
+            err = SB_E_NOT_FOUND;
+            detail = "the secret has no such key";
+        }
+    }
+    /* The item's status becomes what the audit record shows too. */
+    b->err = err;
+    sb_err rc = sb_render_item_head(buf, t->name, b->ns, t->key, sb_err_http_status(err));
+    if (rc == SB_OK && err != SB_OK)
+        rc = sb_render_item_error(buf, err, detail);
+    else if (rc == SB_OK && it)
+        rc = sb_render_item_value(buf, it->value);
+    else if (rc == SB_OK)
+        rc = sb_render_item_secret(buf, b->doc, b->cache_hit);
+    if (rc == SB_OK)
+        rc = sb_buf_append(buf, "}", 1);
+    return rc;
+}
+
+static enum MHD_Result respond_batch(sb_api_req *r)
+{
+    sb_buf buf;
+    sb_err rc;
+
+    sb_buf_init(&buf, SB_MAX_BATCH_RESPONSE);
+    rc = sb_buf_append_str(&buf, "{\"results\":[");
+    for (size_t i = 0; i < r->count && rc == SB_OK; i++) {
+        if (i)
+            rc = sb_buf_append(&buf, ",", 1);
+        if (rc == SB_OK)
+            rc = render_item(&buf, &r->targets[i], &r->breqs[i]);
+    }
+    if (rc == SB_OK)
+        rc = sb_buf_append_str(&buf, "]}");
+    if (rc != SB_OK) {
+        sb_buf_free(&buf);
+        return respond_error(r, rc == SB_E_TOO_LARGE ? SB_E_TOO_LARGE : SB_E_INTERNAL,
+                             "the batch answer is over its size limit", -1);
+    }
+    return send_answer(r, 200, sb_server_response_buf(&buf, JSON_TYPE, r->request_id), "batch");
+}
+
+static enum MHD_Result respond_results(sb_api_req *r)
+{
+    if (r->parsed.route == SB_ROUTE_BATCH)
+        return respond_batch(r);
+    return respond_single(r);
+}
+
+static void on_broker_done(sb_broker_req *b, void *ud)
+{
+    sb_api_req *r = ud;
+
+    /* The last completion resumes the connection; the handler then runs
+     * again on its HTTP thread and answers. */
+    if (atomic_fetch_sub(&r->pending, 1) == 1)
+        MHD_resume_connection(r->conn);
+}
+
+/* The namespace to read from (DESIGN.md section 4): the one asked for,
+ * else the pinned one, else the caller's own. */
+static sb_err resolve_ns(const sb_api_req *r, const sb_target *t, char *out, const char **why)
+{
+    const char *pinned = sb_server_deps_of(r->srv)->cfg->pinned_namespace;
+
+    if (pinned && t->ns[0] && strcmp(t->ns, pinned) != 0) {
+        *why = "this broker serves only its configured namespace (K8S_NAMESPACE)";
+        return SB_E_BAD_REQUEST;
+    }
+    const char *ns = t->ns[0] ? t->ns : pinned ? pinned : r->caller.ns;
+    snprintf(out, SB_MAX_NAMESPACE + 1, "%s", ns);
+    return SB_OK;
+}
+
+static sb_err prepare(sb_api_req *r, const char **why)
+{
+    const sb_server_deps *deps = sb_server_deps_of(r->srv);
+    int64_t deadline = sb_clock_mono_ms() + deps->cfg->request_timeout_ms;
+
+    r->breqs = sb_xcalloc(r->count, sizeof(*r->breqs));
+    for (size_t i = 0; i < r->count; i++) {
+        sb_broker_req *b = &r->breqs[i];
+        const sb_target *t = &r->targets[i];
+        sb_err err = resolve_ns(r, t, b->ns, why);
+        if (err != SB_OK)
+            return err;
+        b->caller = r->caller;
+        memcpy(b->name, t->name, sizeof(b->name));
+        memcpy(b->version_stage, t->version_stage, sizeof(b->version_stage));
+        memcpy(b->version_id, t->version_id, sizeof(b->version_id));
+        b->refresh = r->parsed.refresh;
+        b->request_id = r->request_id;
+        b->deadline_ms = deadline;
+        b->retry_after_s = -1;
+        b->detail = "";
+    }
+    return SB_OK;
+}
+
+/* Runs every broker request: from the caches on this thread when possible,
+ * the rest on the loop with the connection suspended. */
+static enum MHD_Result dispatch(sb_api_req *r)
+{
+    const sb_server_deps *deps = sb_server_deps_of(r->srv);
+    int64_t now = sb_clock_mono_ms();
+    size_t slow = 0;
+    bool *needs_loop = sb_xcalloc(r->count, sizeof(bool));
+
+    for (size_t i = 0; i < r->count; i++) {
+        needs_loop[i] = !sb_broker_fast(deps->broker, &r->breqs[i], now);
+        slow += needs_loop[i];
+    }
+    if (slow == 0) {
+        free(needs_loop);
+        return respond_results(r);
+    }
+
+    atomic_store(&r->pending, slow);
+    r->phase = PHASE_WAITING;
+    MHD_suspend_connection(r->conn);
+    for (size_t i = 0; i < r->count; i++) {
+        if (needs_loop[i])
+            sb_broker_submit(deps->broker, &r->breqs[i], on_broker_done, r);
+    }
+    free(needs_loop);
+    return MHD_YES;
+}
+
+static sb_metrics_id_reason id_reason(const char *why)
+{
+    if (strstr(why, "trust domain does not match"))
+        return SB_METRICS_ID_FOREIGN_TRUST_DOMAIN;
+    if (strstr(why, "more than one URI SAN"))
+        return SB_METRICS_ID_MANY_URI_SANS;
+    if (strstr(why, "no URI SAN"))
+        return SB_METRICS_ID_NO_URI_SAN;
+    return SB_METRICS_ID_BAD_SPIFFE_ID;
+}
+
+static enum MHD_Result final_call(sb_api_req *r)
+{
+    const char *why = NULL;
+    sb_err err;
+
+    if (r->early_err != SB_OK)
+        return respond_error(r, r->early_err, r->early_why, -1);
+
+    /* No identity, no further: nothing below runs for an unknown caller. */
+    err = sb_server_identity(r->conn, &r->caller, &why);
+    if (err != SB_OK) {
+        sb_metrics_identity_rejected(id_reason(why));
+        return respond_error(r, err, why, -1);
+    }
+    r->identified = true;
+
+    if (r->parsed.route == SB_ROUTE_BATCH) {
+        err = sb_request_parse_batch(r->body.data, r->body.len, &r->parsed.target, &r->targets,
+                                     &r->count, &why);
+        sb_buf_free(&r->body);
+    } else {
+        r->targets = sb_xmalloc(sizeof(*r->targets));
+        r->targets[0] = r->parsed.target;
+        r->count = 1;
+    }
+    if (err == SB_OK)
+        err = prepare(r, &why);
+    if (err != SB_OK) {
+        r->count = 0; /* nothing was asked of the broker */
+        return respond_error(r, err, why, -1);
+    }
+    return dispatch(r);
+}
+
+static void refuse_early(sb_api_req *r, sb_err err, const char *why, bool close)
+{
+    if (r->early_err == SB_OK) {
+        r->early_err = err;
+        r->early_why = why;
+    }
+    r->close_after |= close;
+}
+
+/* The first call: headers are complete, no body byte has been read. */
+static enum MHD_Result headers_call(sb_api_req *r, const char *method)
+{
+    const char *cl = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
+                                                 MHD_HTTP_HEADER_CONTENT_LENGTH);
+    const char *te = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
+                                                 MHD_HTTP_HEADER_TRANSFER_ENCODING);
+    const char *why = NULL;
+
+    snprintf(r->method, sizeof(r->method), "%s", method);
+    r->phase = PHASE_BODY;
+
+    /* Both framings at once is the request-smuggling shape (RFC 9112
+     * section 6.3): refuse and close rather than pick one. */
+    if (cl && te) {
+        refuse_early(r, SB_E_BAD_REQUEST, "Content-Length and Transfer-Encoding together", true);
+        return MHD_YES;
+    }
+    sb_err err = sb_request_parse(method, r->raw_uri, r->raw_len, &r->parsed, &why);
+    if (err != SB_OK) {
+        refuse_early(r, err, why, err == SB_E_URI_TOO_LONG);
+        return MHD_YES;
+    }
+    r->endpoint = r->parsed.route == SB_ROUTE_BATCH ? SB_METRICS_EP_BATCH
+                  : r->parsed.route == SB_ROUTE_KEY ? SB_METRICS_EP_KEY
+                                                    : SB_METRICS_EP_SECRET;
+
+    bool has_body = te || (cl && strcmp(cl, "0") != 0);
+    if (r->parsed.route != SB_ROUTE_BATCH && has_body)
+        refuse_early(r, SB_E_BAD_REQUEST, "a GET request must not have a body", true);
+    if (r->parsed.route == SB_ROUTE_BATCH && cl && strtoull(cl, NULL, 10) > SB_MAX_BATCH_BODY)
+        refuse_early(r, SB_E_TOO_LARGE, "the batch body is over 128 KiB", true);
+    return MHD_YES;
+}
+
+static enum MHD_Result body_call(sb_api_req *r, const char *data, size_t *size)
+{
+    size_t n = *size;
+
+    *size = 0;
+    if (r->early_err != SB_OK)
+        return MHD_YES; /* discarded; the refusal closes the connection */
+    if (sb_buf_append(&r->body, data, n) != SB_OK)
+        refuse_early(r, SB_E_TOO_LARGE, "the batch body is over 128 KiB", true);
+    return MHD_YES;
+}
+
+enum MHD_Result sb_api_handle(sb_api_req *r, struct MHD_Connection *conn, const char *method,
+                              const char *upload_data, size_t *upload_data_size)
+{
+    if (!r)
+        return MHD_NO;
+    switch (r->phase) {
+    case PHASE_HEADERS:
+        /* Answering now would make libmicrohttpd close the connection:
+         * wait for the final call even for refusals that keep it open. */
+        return headers_call(r, method);
+    case PHASE_BODY:
+        if (*upload_data_size)
+            return body_call(r, upload_data, upload_data_size);
+        return final_call(r);
+    case PHASE_WAITING:
+        return respond_results(r);
+    case PHASE_DONE:
+        break;
+    }
+    return MHD_YES;
+}
