@@ -229,6 +229,8 @@ static enum MHD_Result on_ops_request(void *cls, struct MHD_Connection *conn, co
     return sb_ops_handle(cls, conn, url, method, upload_data_size, con_cls);
 }
 
+static void mhd_log(void *cls, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
+
 static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
     char msg[512];
