@@ -334,7 +334,10 @@ int main(int argc, char **argv)
     if (!a.cfg.mtls_enabled)
         SB_WARN("main", NULL, "MTLS_ENABLED=false: callers are identified by bearer token only%s",
                 a.cfg.bearer == SB_BEARER_REQUIRED ? "" : " (INSECURE DEVELOPMENT MODE)");
-    sb_metrics_set_build_info(gnutls_check_version(NULL), MHD_get_version());
+    char tls_ver[64], http_ver[64];
+    snprintf(tls_ver, sizeof(tls_ver), "gnutls %s", gnutls_check_version(NULL));
+    snprintf(http_ver, sizeof(http_ver), "libmicrohttpd %s", MHD_get_version());
+    sb_metrics_set_build_info(tls_ver, http_ver);
 
     if (build(&a, err, sizeof(err)) != SB_OK) {
         int rc = fail("start-up failed", err);

@@ -58,15 +58,12 @@ char *sb_xstrndup(const char *s, size_t len)
 char *sb_xasprintf(const char *fmt, ...)
 {
     va_list ap;
+    char *p = NULL;
+
     va_start(ap, fmt);
-    int n = vsnprintf(NULL, 0, fmt, ap);
+    int n = vasprintf(&p, fmt, ap);
     va_end(ap);
     if (n < 0)
         out_of_memory(0);
-
-    char *p = sb_xmalloc((size_t)n + 1);
-    va_start(ap, fmt);
-    vsnprintf(p, (size_t)n + 1, fmt, ap);
-    va_end(ap);
     return p;
 }

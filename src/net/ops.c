@@ -44,7 +44,9 @@ static enum MHD_Result readyz(sb_server *s, struct MHD_Connection *conn)
     const char *audit_why = "ok";
     bool audit_ok = sb_audit_healthy(deps->audit, &audit_why);
     sb_server_state st = sb_server_get_state(s);
-    bool ready = st == SB_SERVER_SERVING && audit_ok;
+    /* With AUDIT_FAILURE_MODE=open a failing audit log does not stop
+     * requests, so it does not take the pod out of the Service either. */
+    bool ready = st == SB_SERVER_SERVING && (audit_ok || deps->cfg->audit_fail_open);
     sb_buf buf;
     sb_err err;
 

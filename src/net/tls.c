@@ -343,7 +343,8 @@ bool sb_tls_reload_if_changed(sb_tls *t)
 
     if (load(t, &fresh, err, sizeof(err)) != SB_OK) {
         pthread_mutex_lock(&t->lock);
-        memcpy(t->failed, now, sizeof(now));
+        for (size_t i = 0; i < 3; i++)
+            t->failed[i] = now[i];
         pthread_mutex_unlock(&t->lock);
         sb_metrics_tls_reload(false);
         SB_ERROR("tls", NULL, "new TLS files rejected, keeping the current ones: %s", err);
@@ -353,8 +354,10 @@ bool sb_tls_reload_if_changed(sb_tls *t)
     pthread_mutex_lock(&t->lock);
     sb_tls_cred *old = t->current;
     t->current = fresh;
-    memcpy(t->ids, now, sizeof(now));
-    memset(t->failed, 0, sizeof(t->failed));
+    for (size_t i = 0; i < 3; i++) {
+        t->ids[i] = now[i];
+        t->failed[i] = (struct file_id){0};
+    }
     pthread_mutex_unlock(&t->lock);
     cred_unref(old);
     sb_metrics_tls_reload(true);
