@@ -106,8 +106,8 @@ static sb_err prepare_dev(char *err, size_t errlen)
         snprintf(err, errlen, "cannot create the development directory %.200s", dev_dir);
         return SB_E_IO;
     }
-    sb_err rc = sb_dev_pki_create(pki, "cluster.local", DEV_NAMESPACE, DEV_SA, time(NULL), err,
-                                  errlen);
+    sb_err rc =
+        sb_dev_pki_create(pki, "cluster.local", DEV_NAMESPACE, DEV_SA, time(NULL), err, errlen);
     if (rc == SB_OK)
         rc = sb_dev_examples_create(secrets, DEV_NAMESPACE, "other-team", err, errlen);
     return rc;
@@ -130,15 +130,15 @@ static void log_startup(const sb_config *cfg)
                   cfg->auth_mode == SB_AUTH_TOKENREQUEST    ? "tokenrequest"
                   : cfg->auth_mode == SB_AUTH_OWN_NAMESPACE ? "own-namespace"
                                                             : "impersonate",
-                  "pinned_namespace", cfg->pinned_namespace, "mtls", cfg->mtls_enabled,
-                  "tls_min", cfg->tls12_allowed ? "1.2" : "1.3", "trust_domain",
-                  cfg->trust_domain, "port", cfg->port, "ops_port", cfg->ops_port, "workers",
-                  cfg->workers, "cache", cfg->cache_enabled, "cache_ttl_s",
-                  cfg->cache_ttl_ms / 1000, "cache_max_entries", (int)cfg->cache_max_entries,
-                  "authz_allow_ttl_s", cfg->authz_allow_ttl_ms / 1000, "authz_deny_ttl_s",
-                  cfg->authz_deny_ttl_ms / 1000, "audit", cfg->audit_enabled, "audit_fail_open",
-                  cfg->audit_fail_open, "log_level", sb_log_level_name(cfg->log_level),
-                  "gnutls", gnutls_check_version(NULL), "dev_mode", cfg->dev_mode);
+                  "pinned_namespace", cfg->pinned_namespace, "mtls", cfg->mtls_enabled, "tls_min",
+                  cfg->tls12_allowed ? "1.2" : "1.3", "trust_domain", cfg->trust_domain, "port",
+                  cfg->port, "ops_port", cfg->ops_port, "workers", cfg->workers, "cache",
+                  cfg->cache_enabled, "cache_ttl_s", cfg->cache_ttl_ms / 1000, "cache_max_entries",
+                  (int)cfg->cache_max_entries, "authz_allow_ttl_s", cfg->authz_allow_ttl_ms / 1000,
+                  "authz_deny_ttl_s", cfg->authz_deny_ttl_ms / 1000, "audit", cfg->audit_enabled,
+                  "audit_fail_open", cfg->audit_fail_open, "log_level",
+                  sb_log_level_name(cfg->log_level), "gnutls", gnutls_check_version(NULL),
+                  "dev_mode", cfg->dev_mode);
     char *text = json_dumps(f, JSON_COMPACT);
     sb_log_fields(SB_LOG_INFO, "main", NULL, "secrets-broker starting", text);
     sb_json_free_dump(text);
@@ -158,8 +158,9 @@ static sb_err build_backends(struct app *a, char *err, size_t errlen)
             a->backends[i] = sb_file_backend_new(cfg->file_backend_dir);
             break;
         case SB_BACKEND_AWS:
-            snprintf(err, errlen, "SECRETS_BACKEND: the aws-secrets-manager backend is not "
-                                  "available in this build");
+            snprintf(err, errlen,
+                     "SECRETS_BACKEND: the aws-secrets-manager backend is not "
+                     "available in this build");
             return SB_E_CONFIG;
         }
     }
@@ -181,8 +182,7 @@ static sb_err build(struct app *a, char *err, size_t errlen)
     sb_audit_options audit = {.enabled = cfg->audit_enabled, .path = cfg->audit_path};
 
     if (sb_audit_open(&audit, &a->audit) != SB_OK) {
-        snprintf(err, errlen, "AUDIT_LOG_PATH: cannot open %.200s for appending",
-                 cfg->audit_path);
+        snprintf(err, errlen, "AUDIT_LOG_PATH: cannot open %.200s for appending", cfg->audit_path);
         return SB_E_CONFIG;
     }
     if (sb_http_start(cfg->max_inflight, &a->http) != SB_OK) {
@@ -197,15 +197,23 @@ static sb_err build(struct app *a, char *err, size_t errlen)
 
     a->authz = sb_authz_new(cfg, a->kube);
     a->cache = cfg->cache_enabled ? sb_cache_new(cfg) : NULL;
-    sb_broker_deps bd = {.cfg = cfg, .http = a->http, .authz = a->authz, .cache = a->cache,
+    sb_broker_deps bd = {.cfg = cfg,
+                         .http = a->http,
+                         .authz = a->authz,
+                         .cache = a->cache,
                          .backend_count = cfg->backend_count};
     memcpy(bd.backends, a->backends, sizeof(bd.backends));
     a->broker = sb_broker_new(&bd);
 
     if (cfg->mtls_enabled && sb_tls_new(cfg, &a->tls, err, errlen) != SB_OK)
         return SB_E_CONFIG;
-    sb_server_deps sd = {.cfg = cfg, .tls = a->tls, .broker = a->broker, .audit = a->audit,
-                         .http = a->http, .kube = a->kube, .cache = a->cache};
+    sb_server_deps sd = {.cfg = cfg,
+                         .tls = a->tls,
+                         .broker = a->broker,
+                         .audit = a->audit,
+                         .http = a->http,
+                         .kube = a->kube,
+                         .cache = a->cache};
     return sb_server_start(&sd, &a->server, err, errlen);
 }
 

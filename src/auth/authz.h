@@ -27,8 +27,8 @@ sb_authz *sb_authz_new(const sb_config *cfg, sb_kube *kube);
 void sb_authz_free(sb_authz *a);
 
 /* The cached decision, if still fresh at now. Any thread. */
-sb_decision sb_authz_lookup(sb_authz *a, const sb_identity *id, const char *ns,
-                            const char *name, int64_t now);
+sb_decision sb_authz_lookup(sb_authz *a, const sb_identity *id, const char *ns, const char *name,
+                            int64_t now);
 
 /* A decision the API server made (a review, or a read made as the caller);
  * cached for the allow or deny TTL. Any thread. */

@@ -25,7 +25,7 @@ typedef struct sb_secret_doc {
     sb_backend_kind backend;
     char *ns;
     char *name;
-    char *version;       /* resourceVersion or VersionId; "" when unknown */
+    char *version; /* resourceVersion or VersionId; "" when unknown */
     size_t count;
     sb_secret_item *items; /* sorted by key after sb_doc_seal */
     size_t bytes;          /* memory held, for the cache's byte budget */
@@ -60,7 +60,7 @@ typedef struct sb_fetch {
     const char *caller_ns;     /* the caller's ServiceAccount */
     const char *caller_sa;
     const char *request_id;
-    int64_t deadline_ms;       /* monotonic */
+    int64_t deadline_ms; /* monotonic */
 } sb_fetch;
 
 /* Whether the backend's own read decided the caller's right to the name
@@ -72,11 +72,11 @@ typedef enum sb_fetch_authz {
 } sb_fetch_authz;
 
 typedef struct sb_fetch_result {
-    sb_err err;           /* SB_OK, SB_E_NOT_FOUND, SB_E_FORBIDDEN, or a failure */
-    sb_secret_doc *doc;   /* on SB_OK: one reference, now the receiver's */
+    sb_err err;         /* SB_OK, SB_E_NOT_FOUND, SB_E_FORBIDDEN, or a failure */
+    sb_secret_doc *doc; /* on SB_OK: one reference, now the receiver's */
     sb_fetch_authz authz;
-    const char *detail;   /* safe to log and to show the client; static */
-    int retry_after_s;    /* -1 when the backend named no delay */
+    const char *detail; /* safe to log and to show the client; static */
+    int retry_after_s;  /* -1 when the backend named no delay */
 } sb_fetch_result;
 
 typedef void (*sb_backend_done_fn)(sb_fetch_result *res, void *ud);

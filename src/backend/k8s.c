@@ -108,8 +108,8 @@ static void finish(struct fetch_ctx *ctx, sb_fetch_result *res)
 static void on_secret(sb_kube_result *kr, void *ud)
 {
     struct fetch_ctx *ctx = ud;
-    sb_fetch_result res = {.err = kr->err, .retry_after_s = kr->retry_after_s,
-                           .detail = kr->detail ? kr->detail : ""};
+    sb_fetch_result res = {
+        .err = kr->err, .retry_after_s = kr->retry_after_s, .detail = kr->detail ? kr->detail : ""};
 
     /* The read was made as the caller: RBAC was evaluated before the
      * object was looked up, so 404 means allowed-but-absent. */
@@ -177,8 +177,8 @@ static void on_token(sb_kube_result *kr, void *ud)
     }
     if (kr->err != SB_OK || !token || !expiry ||
         sb_clock_parse_rfc3339(expiry, &expires_wall) != 0) {
-        fail_waiters(waiters, kr->err == SB_OK || kr->err == SB_E_FORBIDDEN ? SB_E_CREDENTIALS
-                                                                            : kr->err,
+        fail_waiters(waiters,
+                     kr->err == SB_OK || kr->err == SB_E_FORBIDDEN ? SB_E_CREDENTIALS : kr->err,
                      "the TokenRequest for the caller failed");
         return;
     }
@@ -214,8 +214,8 @@ static void fetch_by_token(struct fetch_ctx *ctx, const char *caller_ns, const c
     /* The token's audience is the API server's own (empty list means the
      * API server's audiences); we ask for the issuer's default by naming
      * none. */
-    sb_kube_request_token(kb->kube, caller_ns, caller_sa, NULL, kb->token_seconds,
-                          ctx->request_id, on_token, t);
+    sb_kube_request_token(kb->kube, caller_ns, caller_sa, NULL, kb->token_seconds, ctx->request_id,
+                          on_token, t);
 }
 
 static void k8s_fetch(sb_backend *be, const sb_fetch *f, sb_backend_done_fn done, void *ud)

@@ -23,7 +23,7 @@ struct sb_http_req {
     void *ud;
     int64_t started_us;
     char errbuf[CURL_ERROR_SIZE];
-    sb_http_req *next;               /* on the pending list */
+    sb_http_req *next;                /* on the pending list */
     sb_http_req *act_prev, *act_next; /* on the active list (loop thread only) */
 };
 
@@ -38,7 +38,7 @@ struct sb_http {
     pthread_t thread;
     pthread_mutex_t lock; /* guards pending, timers and stopping */
     sb_http_req *pending;
-    sb_http_req *active; /* transfers added to the multi handle; loop thread only */
+    sb_http_req *active;  /* transfers added to the multi handle; loop thread only */
     struct timer *timers; /* a binary min-heap on due_ms */
     size_t ntimers, captimers;
     bool stopping;

@@ -17,12 +17,12 @@ typedef struct sb_http sb_http;
 typedef struct sb_http_req sb_http_req;
 
 typedef struct sb_http_response {
-    sb_err err;              /* SB_OK when an HTTP answer arrived, whatever its status */
-    long status;             /* HTTP status, 0 when err is set */
-    sb_buf body;             /* the answer's body (wiped when freed) */
-    int retry_after_s;       /* Retry-After in seconds, -1 when absent */
-    const char *detail;      /* transport failure in words (no secrets); "" when none */
-    int64_t elapsed_us;      /* submit to completion */
+    sb_err err;         /* SB_OK when an HTTP answer arrived, whatever its status */
+    long status;        /* HTTP status, 0 when err is set */
+    sb_buf body;        /* the answer's body (wiped when freed) */
+    int retry_after_s;  /* Retry-After in seconds, -1 when absent */
+    const char *detail; /* transport failure in words (no secrets); "" when none */
+    int64_t elapsed_us; /* submit to completion */
 } sb_http_response;
 
 /* Called on the loop thread when a request completes. The response and its

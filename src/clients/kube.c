@@ -23,20 +23,20 @@
 #define USER_AGENT      "secrets-broker/" SB_VERSION
 
 struct token_source {
-    char *path;          /* NULL for a fixed token */
-    sb_secret *token;    /* NULL when there is none */
-    int64_t read_ms;     /* when the file was last read */
-    int64_t checked_ms;  /* when its metadata was last looked at */
+    char *path;         /* NULL for a fixed token */
+    sb_secret *token;   /* NULL when there is none */
+    int64_t read_ms;    /* when the file was last read */
+    int64_t checked_ms; /* when its metadata was last looked at */
     struct stat st;
 };
 
 struct sb_kube {
     sb_http *http;
-    char *server;        /* https://host:port, no trailing slash */
+    char *server; /* https://host:port, no trailing slash */
     char *ca_file;
     char *cert_file;
     char *key_file;
-    char *tmpdir;        /* holds files written from KUBECONFIG *-data fields */
+    char *tmpdir; /* holds files written from KUBECONFIG *-data fields */
     struct token_source tok;
     int timeout_ms;
 };
@@ -193,15 +193,17 @@ static sb_err load_kubeconfig(sb_kube *k, const char *file, char *err, size_t er
     rc = sb_json_parse(raw.data, raw.len, raw.len, &root);
     sb_buf_free(&raw);
     if (rc != SB_OK) {
-        snprintf(err, errlen, "KUBECONFIG: %.200s is not JSON; write it with "
-                              "`kubectl config view --raw --flatten -o json`", file);
+        snprintf(err, errlen,
+                 "KUBECONFIG: %.200s is not JSON; write it with "
+                 "`kubectl config view --raw --flatten -o json`",
+                 file);
         return SB_E_CONFIG;
     }
 
     const char *ctx_name = sb_json_str(root, "current-context", NULL);
     const json_t *ctx = named_entry(root, "contexts", ctx_name, "context");
-    const json_t *cluster = named_entry(root, "clusters", sb_json_str(ctx, "cluster", NULL),
-                                        "cluster");
+    const json_t *cluster =
+        named_entry(root, "clusters", sb_json_str(ctx, "cluster", NULL), "cluster");
     const json_t *user = named_entry(root, "users", sb_json_str(ctx, "user", NULL), "user");
     const char *server = sb_json_str(cluster, "server", NULL);
     if (!ctx || !cluster || !server) {
@@ -245,8 +247,9 @@ static sb_err load_in_cluster(sb_kube *k, const sb_config *cfg, char *err, size_
     const char *port = cfg->k8s_port ? cfg->k8s_port : "443";
 
     if (!host) {
-        snprintf(err, errlen, "KUBERNETES_SERVICE_HOST: not set and no KUBECONFIG given; "
-                              "the k8s backend needs one of them");
+        snprintf(err, errlen,
+                 "KUBERNETES_SERVICE_HOST: not set and no KUBECONFIG given; "
+                 "the k8s backend needs one of them");
         return SB_E_CONFIG;
     }
     /* An IPv6 literal goes in brackets in a URL (RFC 3986 section 3.2.2). */
@@ -387,13 +390,14 @@ static void call_submit(struct call *c)
 static void on_response(sb_http_response *resp, void *ud)
 {
     struct call *c = ud;
-    sb_kube_result res = {.retry_after_s = resp->retry_after_s, .detail = resp->detail,
-                          .elapsed_us = resp->elapsed_us, .status = resp->status};
+    sb_kube_result res = {.retry_after_s = resp->retry_after_s,
+                          .detail = resp->detail,
+                          .elapsed_us = resp->elapsed_us,
+                          .status = resp->status};
 
     /* Our own token may have rotated under us: read it again and retry
      * once. A caller's token is the caller's business. */
-    if (resp->err == SB_OK && resp->status == 401 && !c->bearer && c->k->tok.path &&
-        !c->retried) {
+    if (resp->err == SB_OK && resp->status == 401 && !c->bearer && c->k->tok.path && !c->retried) {
         c->retried = true;
         token_refresh(&c->k->tok, sb_clock_mono_ms(), true);
         call_submit(c);
@@ -452,8 +456,7 @@ static void call_json(sb_kube *k, const char *path, json_t *body, const char *re
 }
 
 void sb_kube_review_access(sb_kube *k, const char *sa_ns, const char *sa, const char *ns,
-                           const char *name, const char *request_id, sb_kube_done_fn done,
-                           void *ud)
+                           const char *name, const char *request_id, sb_kube_done_fn done, void *ud)
 {
     char user[SB_MAX_NAMESPACE + SB_MAX_SA_NAME + 32];
     char ns_group[SB_MAX_NAMESPACE + 32];
@@ -483,8 +486,7 @@ bool sb_kube_review_allowed(const json_t *review, const char **out_reason)
 }
 
 void sb_kube_request_token(sb_kube *k, const char *ns, const char *sa, const char *audience,
-                           int expiration_s, const char *request_id, sb_kube_done_fn done,
-                           void *ud)
+                           int expiration_s, const char *request_id, sb_kube_done_fn done, void *ud)
 {
     char *path = sb_xasprintf("/api/v1/namespaces/%s/serviceaccounts/%s/token", ns, sa);
     /* No audience means the API server's own audiences. */
@@ -499,9 +501,9 @@ void sb_kube_request_token(sb_kube *k, const char *ns, const char *sa, const cha
 void sb_kube_review_token(sb_kube *k, const sb_secret *token, const char *audience,
                           const char *request_id, sb_kube_done_fn done, void *ud)
 {
-    json_t *review = json_pack("{s:s, s:s, s:{s:s%, s:[s]}}", "apiVersion",
-                               "authentication.k8s.io/v1", "kind", "TokenReview", "spec", "token",
-                               (const char *)sb_secret_data(token), sb_secret_len(token),
-                               "audiences", audience);
+    json_t *review =
+        json_pack("{s:s, s:s, s:{s:s%, s:[s]}}", "apiVersion", "authentication.k8s.io/v1", "kind",
+                  "TokenReview", "spec", "token", (const char *)sb_secret_data(token),
+                  sb_secret_len(token), "audiences", audience);
     call_json(k, "/apis/authentication.k8s.io/v1/tokenreviews", review, request_id, done, ud);
 }

@@ -26,11 +26,11 @@ typedef struct sb_kube_as {
 } sb_kube_as;
 
 typedef struct sb_kube_result {
-    sb_err err;        /* SB_OK for 2xx, else mapped from the status (see below) */
-    long status;       /* HTTP status; 0 when no answer came */
-    int retry_after_s; /* -1 when absent */
-    json_t *json;      /* the parsed answer (2xx only), owned by the caller of
-                        * nothing: freed after the callback returns */
+    sb_err err;         /* SB_OK for 2xx, else mapped from the status (see below) */
+    long status;        /* HTTP status; 0 when no answer came */
+    int retry_after_s;  /* -1 when absent */
+    json_t *json;       /* the parsed answer (2xx only), owned by the caller of
+                         * nothing: freed after the callback returns */
     const char *detail; /* why it failed, safe to log (no secret material) */
     int64_t elapsed_us;
 } sb_kube_result;

@@ -10,9 +10,9 @@
 static _Noreturn void out_of_memory(size_t size)
 {
     char line[96];
-    int n = snprintf(line, sizeof(line),
-                     "{\"level\":\"fatal\",\"module\":\"alloc\",\"msg\":\"out of memory (%zu bytes)\"}\n",
-                     size);
+    int n = snprintf(
+        line, sizeof(line),
+        "{\"level\":\"fatal\",\"module\":\"alloc\",\"msg\":\"out of memory (%zu bytes)\"}\n", size);
     if (n > 0 && write(STDERR_FILENO, line, (size_t)n) < 0)
         abort();
     abort();

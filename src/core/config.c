@@ -110,8 +110,7 @@ static void read_secs(struct loader *ld, const char *name, long min, long max, i
     *field_ms = (int)(n * 1000);
 }
 
-static void read_double(struct loader *ld, const char *name, double min, double max,
-                        double *field)
+static void read_double(struct loader *ld, const char *name, double min, double max, double *field)
 {
     const char *v = get(ld, name);
     char *end = NULL;
@@ -309,8 +308,7 @@ static bool trust_domain_ok(const char *td)
         return false;
     for (size_t i = 0; i < n; i++) {
         char c = td[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '-' ||
-              c == '_'))
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '-' || c == '_'))
             return false;
     }
     return true;

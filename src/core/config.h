@@ -47,37 +47,37 @@ typedef struct sb_config {
     char *file_backend_dir; /* FILE_BACKEND_DIR */
 
     /* Kubernetes API client. */
-    char *kubeconfig;         /* KUBECONFIG; NULL means in-cluster */
-    char *k8s_host;           /* KUBERNETES_SERVICE_HOST */
-    char *k8s_port;           /* KUBERNETES_SERVICE_PORT */
-    char *k8s_sa_dir;         /* K8S_SERVICEACCOUNT_DIR: token, ca.crt, namespace */
-    int k8s_timeout_ms;       /* K8S_TIMEOUT_SECONDS */
+    char *kubeconfig;          /* KUBECONFIG; NULL means in-cluster */
+    char *k8s_host;            /* KUBERNETES_SERVICE_HOST */
+    char *k8s_port;            /* KUBERNETES_SERVICE_PORT */
+    char *k8s_sa_dir;          /* K8S_SERVICEACCOUNT_DIR: token, ca.crt, namespace */
+    int k8s_timeout_ms;        /* K8S_TIMEOUT_SECONDS */
     int token_request_seconds; /* TOKEN_REQUEST_EXPIRATION_SECONDS */
 
     /* AWS Secrets Manager (credentials and endpoints are read by the AWS
      * client from the SDKs' own variables). */
     char *aws_region;
-    char *aws_prefix;         /* AWS_SECRETS_MANAGER_PREFIX */
-    char *aws_id_template;    /* AWS_SECRET_ID_TEMPLATE */
-    int aws_timeout_ms;       /* AWS_TIMEOUT_SECONDS */
+    char *aws_prefix;      /* AWS_SECRETS_MANAGER_PREFIX */
+    char *aws_id_template; /* AWS_SECRET_ID_TEMPLATE */
+    int aws_timeout_ms;    /* AWS_TIMEOUT_SECONDS */
 
     /* TLS and identity. */
     bool mtls_enabled;
-    bool insecure_dev;        /* INSECURE_DEVELOPMENT_MODE */
-    char *ca_path;            /* MTLS_CA_CERT_PATH */
-    char *cert_path;          /* MTLS_SERVER_CERT_PATH */
-    char *key_path;           /* MTLS_SERVER_KEY_PATH */
-    bool tls12_allowed;       /* TLS_MIN_VERSION=1.2 */
-    char *trust_domain;       /* SPIFFE_TRUST_DOMAIN */
-    bool cn_fallback;         /* IDENTITY_CN_FALLBACK */
-    sb_bearer_mode bearer;    /* BEARER_TOKEN */
-    char *token_audience;     /* BEARER_TOKEN_AUDIENCE */
-    int tls_reload_ms;        /* TLS_RELOAD_INTERVAL_SECONDS */
+    bool insecure_dev;     /* INSECURE_DEVELOPMENT_MODE */
+    char *ca_path;         /* MTLS_CA_CERT_PATH */
+    char *cert_path;       /* MTLS_SERVER_CERT_PATH */
+    char *key_path;        /* MTLS_SERVER_KEY_PATH */
+    bool tls12_allowed;    /* TLS_MIN_VERSION=1.2 */
+    char *trust_domain;    /* SPIFFE_TRUST_DOMAIN */
+    bool cn_fallback;      /* IDENTITY_CN_FALLBACK */
+    sb_bearer_mode bearer; /* BEARER_TOKEN */
+    char *token_audience;  /* BEARER_TOKEN_AUDIENCE */
+    int tls_reload_ms;     /* TLS_RELOAD_INTERVAL_SECONDS */
 
     /* Authorization decisions. */
-    int authz_allow_ttl_ms;   /* AUTHZ_ALLOW_TTL_SECONDS, at most 30 */
-    int authz_deny_ttl_ms;    /* AUTHZ_DENY_TTL_SECONDS, at most 5 */
-    int authz_stale_ms;       /* AUTHZ_STALE_IF_ERROR_SECONDS; 0 denies */
+    int authz_allow_ttl_ms; /* AUTHZ_ALLOW_TTL_SECONDS, at most 30 */
+    int authz_deny_ttl_ms;  /* AUTHZ_DENY_TTL_SECONDS, at most 5 */
+    int authz_stale_ms;     /* AUTHZ_STALE_IF_ERROR_SECONDS; 0 denies */
 
     /* Value cache. */
     bool cache_enabled;
@@ -90,26 +90,26 @@ typedef struct sb_config {
 
     /* Audit, logs, metrics. */
     bool audit_enabled;
-    char *audit_path;         /* "-" for stdout */
-    bool audit_fail_open;     /* AUDIT_FAILURE_MODE=open */
+    char *audit_path;     /* "-" for stdout */
+    bool audit_fail_open; /* AUDIT_FAILURE_MODE=open */
     sb_log_level log_level;
 
     /* Server and limits. */
-    char *bind_address;       /* BIND_ADDRESS */
-    int port;                 /* SERVER_PORT */
-    char *ops_bind_address;   /* OPS_BIND_ADDRESS */
-    int ops_port;             /* OPS_PORT */
-    int workers;              /* WORKERS */
-    int max_connections;      /* MAX_CONNECTIONS */
-    int max_inflight;         /* MAX_INFLIGHT_BACKEND_CALLS */
-    int request_timeout_ms;   /* REQUEST_TIMEOUT_SECONDS */
-    int idle_timeout_s;       /* CONNECTION_IDLE_TIMEOUT_SECONDS */
-    double rate_per_second;   /* RATE_LIMIT_PER_SECOND, per identity; 0 off */
-    int rate_burst;           /* RATE_LIMIT_BURST */
+    char *bind_address;        /* BIND_ADDRESS */
+    int port;                  /* SERVER_PORT */
+    char *ops_bind_address;    /* OPS_BIND_ADDRESS */
+    int ops_port;              /* OPS_PORT */
+    int workers;               /* WORKERS */
+    int max_connections;       /* MAX_CONNECTIONS */
+    int max_inflight;          /* MAX_INFLIGHT_BACKEND_CALLS */
+    int request_timeout_ms;    /* REQUEST_TIMEOUT_SECONDS */
+    int idle_timeout_s;        /* CONNECTION_IDLE_TIMEOUT_SECONDS */
+    double rate_per_second;    /* RATE_LIMIT_PER_SECOND, per identity; 0 off */
+    int rate_burst;            /* RATE_LIMIT_BURST */
     double refresh_per_minute; /* REFRESH_RATE_PER_MINUTE, per identity */
-    int breaker_failures;     /* BREAKER_FAILURE_THRESHOLD */
-    int breaker_open_ms;      /* BREAKER_OPEN_SECONDS */
-    int shutdown_grace_ms;    /* SHUTDOWN_GRACE_SECONDS */
+    int breaker_failures;      /* BREAKER_FAILURE_THRESHOLD */
+    int breaker_open_ms;       /* BREAKER_OPEN_SECONDS */
+    int shutdown_grace_ms;     /* SHUTDOWN_GRACE_SECONDS */
 
     /* Development mode (--dev): set by main, not by the environment. */
     bool dev_mode;
@@ -122,8 +122,7 @@ typedef const char *(*sb_env_lookup)(const char *name);
  * writes one line naming the variable and what is wrong into err (never a
  * secret: values of credential variables are not echoed). On success the
  * config owns its strings; free them with sb_config_free. */
-SB_MUST_CHECK sb_err sb_config_load(sb_config *out, sb_env_lookup lookup, char *err,
-                                    size_t errlen);
+SB_MUST_CHECK sb_err sb_config_load(sb_config *out, sb_env_lookup lookup, char *err, size_t errlen);
 
 /* Fills the defaults only (what sb_config_load starts from). */
 void sb_config_defaults(sb_config *cfg);

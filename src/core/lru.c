@@ -11,8 +11,8 @@
 #include "core/alloc.h"
 
 struct node {
-    struct node *chain;            /* next in the bucket */
-    struct node *newer, *older;    /* recency list */
+    struct node *chain;         /* next in the bucket */
+    struct node *newer, *older; /* recency list */
     uint64_t hash;
     void *value;
     size_t klen;

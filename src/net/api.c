@@ -101,7 +101,7 @@ void sb_api_end(sb_api_req *r, enum MHD_RequestTerminationCode toe)
 
 static sb_audit_decision audit_decision(sb_decision d)
 {
-    return d == SB_DECISION_ALLOW ? SB_AUDIT_ALLOW
+    return d == SB_DECISION_ALLOW  ? SB_AUDIT_ALLOW
            : d == SB_DECISION_DENY ? SB_AUDIT_DENY
                                    : SB_AUDIT_NONE;
 }
@@ -455,10 +455,10 @@ static void refuse_early(sb_api_req *r, sb_err err, const char *why, bool close)
 /* The first call: headers are complete, no body byte has been read. */
 static enum MHD_Result headers_call(sb_api_req *r, const char *method)
 {
-    const char *cl = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
-                                                 MHD_HTTP_HEADER_CONTENT_LENGTH);
-    const char *te = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
-                                                 MHD_HTTP_HEADER_TRANSFER_ENCODING);
+    const char *cl =
+        MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    const char *te =
+        MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING);
     const char *why = NULL;
 
     snprintf(r->method, sizeof(r->method), "%s", method);

@@ -8,8 +8,7 @@
 #include "net/render.h"
 #include "obs/metrics.h"
 
-static enum MHD_Result reply(struct MHD_Connection *conn, int status, const char *type,
-                             sb_buf *buf)
+static enum MHD_Result reply(struct MHD_Connection *conn, int status, const char *type, sb_buf *buf)
 {
     struct MHD_Response *resp = sb_server_response_buf(buf, type, NULL);
     return sb_server_queue(conn, status, resp, false);
@@ -53,11 +52,13 @@ static enum MHD_Result readyz(sb_server *s, struct MHD_Connection *conn)
     sb_buf_init(&buf, 8192);
     err = sb_buf_append_str(&buf, "{\"status\":");
     if (err == SB_OK)
-        err = sb_render_string(&buf, ready ? "ok" : st == SB_SERVER_SERVING ? "unavailable"
-                                                                            : state_word(st),
-                               strlen(ready ? "ok" : st == SB_SERVER_SERVING
-                                                         ? "unavailable"
-                                                         : state_word(st)));
+        err = sb_render_string(&buf,
+                               ready                     ? "ok"
+                               : st == SB_SERVER_SERVING ? "unavailable"
+                                                         : state_word(st),
+                               strlen(ready                     ? "ok"
+                                      : st == SB_SERVER_SERVING ? "unavailable"
+                                                                : state_word(st)));
     if (err == SB_OK)
         err = sb_buf_append_str(&buf, ",\"checks\":{\"server\":");
     if (err == SB_OK)

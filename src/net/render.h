@@ -30,8 +30,7 @@ SB_MUST_CHECK sb_err sb_render_item_head(sb_buf *out, const char *name, const ch
 SB_MUST_CHECK sb_err sb_render_item_value(sb_buf *out, const sb_secret *value);
 
 /* Appends ,"secret":{...} for a whole secret. */
-SB_MUST_CHECK sb_err sb_render_item_secret(sb_buf *out, const sb_secret_doc *doc,
-                                           bool cache_hit);
+SB_MUST_CHECK sb_err sb_render_item_secret(sb_buf *out, const sb_secret_doc *doc, bool cache_hit);
 
 /* Appends ,"error":{"code","message"} for a failed item. */
 SB_MUST_CHECK sb_err sb_render_item_error(sb_buf *out, sb_err err, const char *message);

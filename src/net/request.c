@@ -123,8 +123,8 @@ static sb_err parse_query(const char *q, size_t len, sb_request *out, const char
  * separator). */
 static bool path_char_ok(char c)
 {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '-' || c == '.' || c == '_' || c == '/';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '.' || c == '_' || c == '/';
 }
 
 static sb_err parse_path(const char *method, const char *p, size_t len, sb_request *out,
@@ -196,8 +196,7 @@ sb_err sb_request_parse(const char *method, const char *raw, size_t len, sb_requ
         err = parse_query(q + 1, len - plen - 1, &req, why);
     if (err != SB_OK)
         return err;
-    if (req.route == SB_ROUTE_BATCH &&
-        (req.target.version_stage[0] || req.target.version_id[0]))
+    if (req.route == SB_ROUTE_BATCH && (req.target.version_stage[0] || req.target.version_id[0]))
         return bad(why, "a batch takes versions per item, not in the query");
     if (req.target.version_stage[0] && req.target.version_id[0])
         return bad(why, "give version_stage or version_id, not both");
@@ -221,8 +220,7 @@ static sb_err item_field(const json_t *item, const char *field, bool (*valid)(co
 static sb_err parse_item(const json_t *item, const sb_target *defaults, sb_target *out,
                          const char **why)
 {
-    static const char *const known[] = {"name", "key", "namespace", "version_stage",
-                                        "version_id"};
+    static const char *const known[] = {"name", "key", "namespace", "version_stage", "version_id"};
     const char *field;
     json_t *value;
     sb_err err;

@@ -23,8 +23,8 @@ typedef enum sb_route {
 /* One secret (or key) asked for: the target of a GET, or one batch item. */
 typedef struct sb_target {
     char name[SB_MAX_SECRET_NAME + 1];
-    char key[SB_MAX_KEY + 1];       /* "" for the whole secret */
-    char ns[SB_MAX_NAMESPACE + 1];  /* "" when the caller's own */
+    char key[SB_MAX_KEY + 1];      /* "" for the whole secret */
+    char ns[SB_MAX_NAMESPACE + 1]; /* "" when the caller's own */
     char version_stage[SB_MAX_VERSION_STAGE + 1];
     char version_id[SB_MAX_VERSION_ID + 1];
 } sb_target;
@@ -47,9 +47,9 @@ SB_MUST_CHECK sb_err sb_request_parse(const char *method, const char *raw, size_
  * items; an item without a namespace takes defaults->ns. On success
  * *out_items is an array of *out_count targets to free(). Errors:
  * SB_E_BAD_REQUEST, SB_E_TOO_LARGE (too many items). */
-SB_MUST_CHECK sb_err sb_request_parse_batch(const void *body, size_t len,
-                                            const sb_target *defaults, sb_target **out_items,
-                                            size_t *out_count, const char **why);
+SB_MUST_CHECK sb_err sb_request_parse_batch(const void *body, size_t len, const sb_target *defaults,
+                                            sb_target **out_items, size_t *out_count,
+                                            const char **why);
 
 /* Whether a version stage / version id has the accepted shape. */
 bool sb_request_valid_stage(const char *s, size_t len);

@@ -62,7 +62,7 @@ static void add_common_headers(struct MHD_Response *resp, const char *content_ty
 }
 
 struct MHD_Response *sb_server_response_buf(sb_buf *buf, const char *content_type,
-                                           const char *request_id)
+                                            const char *request_id)
 {
     struct body_holder *h = sb_xmalloc(sizeof(*h));
 
@@ -77,7 +77,7 @@ struct MHD_Response *sb_server_response_buf(sb_buf *buf, const char *content_typ
 }
 
 struct MHD_Response *sb_server_response_secret(sb_secret *value, const char *content_type,
-                                              const char *request_id)
+                                               const char *request_id)
 {
     struct MHD_Response *resp = MHD_create_response_from_buffer_with_free_callback_cls(
         sb_secret_len(value), (void *)sb_secret_data(value), free_secret, value);
@@ -87,8 +87,8 @@ struct MHD_Response *sb_server_response_secret(sb_secret *value, const char *con
     return resp;
 }
 
-enum MHD_Result sb_server_queue(struct MHD_Connection *conn, int status,
-                                struct MHD_Response *resp, bool close)
+enum MHD_Result sb_server_queue(struct MHD_Connection *conn, int status, struct MHD_Response *resp,
+                                bool close)
 {
     if (close)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
@@ -289,11 +289,10 @@ static struct MHD_Daemon *start_api(sb_server *s, const struct sockaddr_storage 
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->workers, MHD_OPTION_CONNECTION_LIMIT,
         (unsigned)cfg->max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned)cfg->idle_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-        (size_t)SB_MAX_CONN_MEMORY, MHD_OPTION_STRICT_FOR_CLIENT, 1,
-        MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u, MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
-        MHD_OPTION_URI_LOG_CALLBACK, on_uri, s, MHD_OPTION_NOTIFY_COMPLETED, on_api_completed,
-        s, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_ARRAY, tls_opts,
-        MHD_OPTION_END);
+        (size_t)SB_MAX_CONN_MEMORY, MHD_OPTION_STRICT_FOR_CLIENT, 1, MHD_OPTION_LISTEN_BACKLOG_SIZE,
+        1024u, MHD_OPTION_NOTIFY_CONNECTION, on_connection, s, MHD_OPTION_URI_LOG_CALLBACK, on_uri,
+        s, MHD_OPTION_NOTIFY_COMPLETED, on_api_completed, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
+        NULL, MHD_OPTION_ARRAY, tls_opts, MHD_OPTION_END);
 }
 
 static struct MHD_Daemon *start_ops(sb_server *s, const struct sockaddr_storage *addr, bool v6)
@@ -303,8 +302,8 @@ static struct MHD_Daemon *start_ops(sb_server *s, const struct sockaddr_storage 
 
     return MHD_start_daemon(flags, 0, NULL, NULL, on_ops_request, s, MHD_OPTION_SOCK_ADDR, addr,
                             MHD_OPTION_CONNECTION_LIMIT, 64u, MHD_OPTION_CONNECTION_TIMEOUT, 30u,
-                            MHD_OPTION_STRICT_FOR_CLIENT, 1, MHD_OPTION_EXTERNAL_LOGGER,
-                            mhd_log, NULL, MHD_OPTION_END);
+                            MHD_OPTION_STRICT_FOR_CLIENT, 1, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
+                            NULL, MHD_OPTION_END);
 }
 
 sb_err sb_server_start(const sb_server_deps *deps, sb_server **out, char *err, size_t errlen)
@@ -325,8 +324,8 @@ sb_err sb_server_start(const sb_server_deps *deps, sb_server **out, char *err, s
 
     sb_server *s = sb_xcalloc(1, sizeof(*s));
     s->deps = *deps;
-    s->id_opts = (sb_identity_opts){.trust_domain = cfg->trust_domain,
-                                    .cn_fallback = cfg->cn_fallback};
+    s->id_opts =
+        (sb_identity_opts){.trust_domain = cfg->trust_domain, .cn_fallback = cfg->cn_fallback};
     atomic_init(&s->state, SB_SERVER_STARTING);
 
     s->ops = start_ops(s, &ops_addr, ops_v6);

@@ -21,12 +21,12 @@ typedef struct sb_server sb_server;
 
 typedef struct sb_server_deps {
     const sb_config *cfg;
-    sb_tls *tls;          /* NULL when MTLS_ENABLED=false */
+    sb_tls *tls; /* NULL when MTLS_ENABLED=false */
     sb_broker *broker;
     sb_audit *audit;
     sb_http *http;
-    sb_kube *kube;        /* NULL with the file backend */
-    sb_cache *cache;      /* NULL when the value cache is off */
+    sb_kube *kube;   /* NULL with the file backend */
+    sb_cache *cache; /* NULL when the value cache is off */
 } sb_server_deps;
 
 typedef enum sb_server_state {
@@ -66,16 +66,16 @@ SB_MUST_CHECK sb_err sb_server_identity(struct MHD_Connection *conn, sb_identity
  * headers every answer carries: X-Request-Id (when request_id is not
  * NULL), Content-Type, Cache-Control: no-store. */
 struct MHD_Response *sb_server_response_buf(sb_buf *buf, const char *content_type,
-                                           const char *request_id);
+                                            const char *request_id);
 
 /* A response that sends a secret's bytes without copying them; the
  * reference is taken and released when libmicrohttpd is done. */
 struct MHD_Response *sb_server_response_secret(sb_secret *value, const char *content_type,
-                                              const char *request_id);
+                                               const char *request_id);
 
 /* Queues the response with status and drops the caller's reference to it;
  * close adds "Connection: close". */
-enum MHD_Result sb_server_queue(struct MHD_Connection *conn, int status,
-                                struct MHD_Response *resp, bool close);
+enum MHD_Result sb_server_queue(struct MHD_Connection *conn, int status, struct MHD_Response *resp,
+                                bool close);
 
 #endif

@@ -18,7 +18,7 @@
 #define PRIO_TLS13 "NORMAL:-VERS-ALL:+VERS-TLS1.3:%SERVER_PRECEDENCE"
 /* TLS 1.2 only with forward secrecy and AEAD ciphers. */
 #define PRIO_TLS12                                                                                 \
-    "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:-CIPHER-ALL:+AES-256-GCM:+AES-128-GCM:"           \
+    "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:-CIPHER-ALL:+AES-256-GCM:+AES-128-GCM:"            \
     "+CHACHA20-POLY1305:-KX-ALL:+ECDHE-ECDSA:+ECDHE-RSA:%SERVER_PRECEDENCE"
 
 struct sb_tls_cred {
@@ -39,7 +39,7 @@ struct sb_tls {
     pthread_mutex_t lock; /* guards current and the file ids */
     sb_tls_cred *current;
     char *ca_path, *cert_path, *key_path;
-    struct file_id ids[3];   /* what is loaded */
+    struct file_id ids[3];    /* what is loaded */
     struct file_id failed[3]; /* the last set that failed to load */
     char *initial_cert, *initial_key;
     bool tls12;
@@ -65,8 +65,7 @@ static sb_metrics_tls_reason status_reason(unsigned status)
         return SB_METRICS_TLS_NOT_YET_VALID;
     if (status & GNUTLS_CERT_PURPOSE_MISMATCH)
         return SB_METRICS_TLS_BAD_PURPOSE;
-    if (status & (GNUTLS_CERT_SIGNER_NOT_FOUND | GNUTLS_CERT_SIGNER_NOT_CA |
-                  GNUTLS_CERT_INVALID))
+    if (status & (GNUTLS_CERT_SIGNER_NOT_FOUND | GNUTLS_CERT_SIGNER_NOT_CA | GNUTLS_CERT_INVALID))
         return SB_METRICS_TLS_UNTRUSTED;
     return SB_METRICS_TLS_OTHER;
 }
@@ -105,12 +104,11 @@ static int verify_client(gnutls_session_t session)
         return refuse(session, SB_METRICS_TLS_OTHER, GNUTLS_A_BAD_CERTIFICATE, "unverifiable");
     if (status != 0) {
         sb_metrics_tls_reason r = status_reason(status);
-        gnutls_alert_description_t alert = r == SB_METRICS_TLS_EXPIRED ||
-                                                   r == SB_METRICS_TLS_NOT_YET_VALID
-                                               ? GNUTLS_A_CERTIFICATE_EXPIRED
-                                           : r == SB_METRICS_TLS_UNTRUSTED
-                                               ? GNUTLS_A_UNKNOWN_CA
-                                               : GNUTLS_A_BAD_CERTIFICATE;
+        gnutls_alert_description_t alert =
+            r == SB_METRICS_TLS_EXPIRED || r == SB_METRICS_TLS_NOT_YET_VALID
+                ? GNUTLS_A_CERTIFICATE_EXPIRED
+            : r == SB_METRICS_TLS_UNTRUSTED ? GNUTLS_A_UNKNOWN_CA
+                                            : GNUTLS_A_BAD_CERTIFICATE;
         return refuse(session, r, alert, "chain, validity or purpose");
     }
 
@@ -181,8 +179,11 @@ static bool file_id_of(const char *path, struct file_id *out)
     memset(out, 0, sizeof(*out));
     if (stat(path, &st) != 0)
         return false;
-    *out = (struct file_id){.dev = st.st_dev, .ino = st.st_ino, .size = st.st_size,
-                            .mtime = st.st_mtim, .present = true};
+    *out = (struct file_id){.dev = st.st_dev,
+                            .ino = st.st_ino,
+                            .size = st.st_size,
+                            .mtime = st.st_mtim,
+                            .present = true};
     return true;
 }
 
@@ -315,8 +316,8 @@ sb_err sb_tls_session_setup(sb_tls *t, gnutls_session_t session, sb_tls_cred **o
         return SB_E_CRYPTO;
     }
     gnutls_certificate_server_set_request(session, GNUTLS_CERT_REQUIRE);
-    gnutls_handshake_set_hook_function(session, GNUTLS_HANDSHAKE_CERTIFICATE_PKT,
-                                       GNUTLS_HOOK_PRE, on_certificate_msg);
+    gnutls_handshake_set_hook_function(session, GNUTLS_HANDSHAKE_CERTIFICATE_PKT, GNUTLS_HOOK_PRE,
+                                       on_certificate_msg);
     *out = c;
     return SB_OK;
 }
@@ -365,8 +366,7 @@ bool sb_tls_reload_if_changed(sb_tls *t)
     return true;
 }
 
-sb_err sb_tls_peer_leaf(gnutls_session_t session, const unsigned char **out_der,
-                        size_t *out_len)
+sb_err sb_tls_peer_leaf(gnutls_session_t session, const unsigned char **out_der, size_t *out_len)
 {
     unsigned n = 0;
     const gnutls_datum_t *chain = gnutls_certificate_get_peers(session, &n);

@@ -42,8 +42,7 @@ const char *sb_tls_initial_key_pem(const sb_tls *t);
  * credentials, a required and verified client certificate, session
  * tickets. Returns the credential reference the connection holds until
  * sb_tls_session_done. Any HTTP thread. */
-SB_MUST_CHECK sb_err sb_tls_session_setup(sb_tls *t, gnutls_session_t session,
-                                          sb_tls_cred **out);
+SB_MUST_CHECK sb_err sb_tls_session_setup(sb_tls *t, gnutls_session_t session, sb_tls_cred **out);
 void sb_tls_session_done(sb_tls_cred *cred); /* accepts NULL */
 
 /* Looks at the files and reloads them when they changed. Returns true when

@@ -17,14 +17,14 @@ bool sb_log_enabled(sb_log_level level);
 
 /* Writes one line. request_id may be NULL. Prefer the SB_LOG macro, which
  * skips formatting when the level is off. */
-void sb_log_write(sb_log_level level, const char *module, const char *request_id,
-                  const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+void sb_log_write(sb_log_level level, const char *module, const char *request_id, const char *fmt,
+                  ...) __attribute__((format(printf, 4, 5)));
 
 /* Writes one line with extra fields: fields_json is a JSON object (built
  * with jansson or by hand, already valid) whose members are added to the
  * line. */
-void sb_log_fields(sb_log_level level, const char *module, const char *request_id,
-                   const char *msg, const char *fields_json);
+void sb_log_fields(sb_log_level level, const char *module, const char *request_id, const char *msg,
+                   const char *fields_json);
 
 #define SB_LOG(level, module, rid, ...)                                                            \
     do {                                                                                           \
