@@ -12,6 +12,7 @@ Environment:
 import os
 import re
 import shutil
+import signal
 import ssl
 import subprocess
 import time
@@ -32,6 +33,15 @@ from harness.proxy import FaultProxy
 
 REPO = Path(__file__).resolve().parents[2]
 _T0 = time.monotonic()
+_STARTUP = {}  # peer -> seconds it took to start
+
+
+def pytest_configure(config):
+    # A SIGTERM (a CI timeout, a developer's kill) becomes an interrupt, so
+    # pytest still runs the teardowns that stop every peer and broker.
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _peers_dir():
@@ -90,6 +100,7 @@ def run(log_dir):
         print(f"\nreaped processes of an earlier run: {reaped}")
     run_dir = procs.new_run_dir()
     registry = procs.Registry(run_dir)
+    registry.remove_dir_at_exit = os.environ.get("SB_IT_KEEP") != "1"
     yield registry
     registry.stop_all()
     if os.environ.get("SB_IT_KEEP") == "1":
@@ -108,8 +119,10 @@ def kube(run, log_dir, peers_bin):
     """The control plane (harness.kube.KubeCluster): .admin (KubeClient as
     system:masters), .audit (KubeAudit), .server, .ca_path, .kubectl()."""
     cluster = KubeCluster(peers_bin, run.run_dir / "kube", log_dir / "peers", run)
+    t0 = time.monotonic()
     try:
         cluster.start()
+        _STARTUP["etcd+kube-apiserver"] = time.monotonic() - t0
     except procs.StartupError as e:
         cluster.stop()
         pytest.fail(str(e), pytrace=False)
@@ -132,8 +145,10 @@ def aws(run, log_dir):
     """moto behind a counting, fault-injecting proxy (harness.aws.AwsPeer)."""
     peer = AwsPeer(run.run_dir / "moto", log_dir / "peers", run)
     peer.dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
     try:
         peer.start()
+        _STARTUP["moto"] = time.monotonic() - t0
     except procs.StartupError as e:
         pytest.fail(str(e), pytrace=False)
     yield peer
@@ -251,16 +266,19 @@ def broker_binary():
 @pytest.fixture
 def start_broker(request, run, log_dir, pki, broker_binary):
     """start_broker(env=None, kube='kubeconfig'|'incluster'|None,
-    via_kube_proxy=False, aws=True, wait=True, check_exit=True) -> Broker.
+    via_kube_proxy=False, aws=True, wait=True, check_exit=True, timeout=None,
+    binary=None) -> Broker.
 
-    env overrides the defaults (None deletes a variable). The broker is
+    env overrides the defaults (None deletes a variable); kube=None and
+    aws=False leave those settings out; wait=False returns at once (for a
+    broker expected to refuse its configuration: see Broker.wait_exit). The broker is
     stopped after the test; a sanitizer report in its stderr, or (with
     check_exit) a non-zero exit status after SIGTERM, fails the test."""
     started = []
     test_dir = log_dir / "broker" / _slug(request.node.name, 90)
 
     def start(env=None, kube="kubeconfig", via_kube_proxy=False, aws=True, wait=True,
-              check_exit=True, timeout=None):
+              check_exit=True, timeout=None, binary=None):
         bdir = test_dir / f"{len(started) + 1}"
         bdir.mkdir(parents=True, exist_ok=True)
         kubeconfig, incluster, aws_env = None, None, None
@@ -278,7 +296,7 @@ def start_broker(request, run, log_dir, pki, broker_binary):
         if aws:
             peer = request.getfixturevalue("aws")
             aws_env = peer.broker_env(request.getfixturevalue("broker_aws_keys"))
-        broker = Broker(broker_binary, base_env(pki, bdir, kubeconfig, incluster, aws_env, env),
+        broker = Broker(binary or broker_binary, base_env(pki, bdir, kubeconfig, incluster, aws_env, env),
                         bdir, run, pki.ca_bundle)
         broker.check_exit = check_exit
         started.append(broker)
@@ -317,9 +335,10 @@ def pytest_runtest_call(item):
 
 def pytest_terminal_summary(terminalreporter, config):
     first = getattr(config, "_sb_first_test_at", None)
-    if first is not None:
-        terminalreporter.write_line(
-            f"secrets-broker: {first - _T0:.1f}s from start to the first test body "
-            f"(peers included); "
-            f"logs in {_log_root()}")
+    if first is None:
+        return
+    started = ", ".join(f"{k} {v:.1f}s" for k, v in _STARTUP.items()) or "none"
+    terminalreporter.write_line(
+        f"secrets-broker: first test body at {first - _T0:.1f}s; peers started: {started}; "
+        f"logs in {_log_root()}")
 

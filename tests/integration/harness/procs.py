@@ -29,7 +29,10 @@ def start_time(pid):
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] == "Z":
+        return None  # a zombie: dead, only not yet waited for
+    return int(fields[19])
 
 
 def _same_process(pid, started):
@@ -141,9 +144,10 @@ class Registry:
         self.run_dir = Path(run_dir)
         self.pidfile = self.run_dir / "pids"
         self.procs = []
+        self.remove_dir_at_exit = False
         me = os.getpid()
         (self.run_dir / "owner").write_text(f"{me} {start_time(me)}\n")
-        atexit.register(self.stop_all)
+        atexit.register(self._at_exit)
 
     def add(self, proc):
         self.procs.append(proc)
@@ -164,6 +168,12 @@ class Registry:
     def stop_all(self):
         for proc in reversed(list(self.procs)):
             proc.stop(timeout=5)
+
+    def _at_exit(self):
+        # Reached also when pytest is interrupted before its teardowns.
+        self.stop_all()
+        if self.remove_dir_at_exit:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
 def reap_stale_runs(root=RUNS_ROOT):
