@@ -33,6 +33,16 @@ if have_all; then
 	exit 0
 fi
 
+# One build at a time (test-deps.sh and run-integration.sh may both call
+# this); a second caller waits and then finds the binaries.
+mkdir -p "$CACHE/peers"
+exec 9>"$CACHE/peers/build.lock"
+flock 9
+if have_all; then
+	echo "$BIN"
+	exit 0
+fi
+
 mod="$CACHE/peers/mod-k8s-$K8S_VERSION-etcd-$ETCD_VERSION"
 mkdir -p "$mod" "$BIN.tmp"
 cp "$here/tools.go.txt" "$mod/tools.go"
@@ -61,8 +71,6 @@ ldf="$ldf -X $v.gitTreeState=clean -X $v.buildDate=1970-01-01T00:00:00Z"
 go build -trimpath -ldflags "$ldf" -o "$BIN.tmp/kube-apiserver" \
 	k8s.io/kubernetes/cmd/kube-apiserver >&2
 go build -trimpath -ldflags "$ldf" -o "$BIN.tmp/kubectl" k8s.io/kubernetes/cmd/kubectl >&2
-mkdir -p etcd
-cp "$here/etcd-main.go.txt" etcd/main.go
 go build -trimpath -ldflags "-s -w" -o "$BIN.tmp/etcd" ./etcd >&2
 
 # Helm lives in a module of its own: its k8s.io graph differs from the
