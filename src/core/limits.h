@@ -11,24 +11,24 @@
 #define SB_MAX_KEY         253 /* Secret data keys, same bound as the API server */
 
 /* Identity. */
-#define SB_MAX_SPIFFE_ID     2048 /* SPIFFE ID spec: URIs longer than this are invalid */
-#define SB_MAX_TRUST_DOMAIN  255
-#define SB_MAX_CERT_CHAIN    8     /* certificates accepted in a client chain */
-#define SB_MAX_BEARER_TOKEN  16384 /* projected ServiceAccount tokens are ~1 KiB */
-#define SB_MAX_SERIAL_HEX    64    /* X.509 serials are at most 20 bytes */
-#define SB_MAX_CERT_SANS     64    /* subject alternative names read from a client cert */
-#define SB_MAX_CERT_EKUS     16    /* extended key usages read from a client cert */
+#define SB_MAX_SPIFFE_ID    2048 /* SPIFFE ID spec: URIs longer than this are invalid */
+#define SB_MAX_TRUST_DOMAIN 255
+#define SB_MAX_CERT_CHAIN   8     /* certificates accepted in a client chain */
+#define SB_MAX_BEARER_TOKEN 16384 /* projected ServiceAccount tokens are ~1 KiB */
+#define SB_MAX_SERIAL_HEX   64    /* X.509 serials are at most 20 bytes */
+#define SB_MAX_CERT_SANS    64    /* subject alternative names read from a client cert */
+#define SB_MAX_CERT_EKUS    16    /* extended key usages read from a client cert */
 
 /* HTTP requests. The header limit is libmicrohttpd's per-connection memory
  * pool: request line and headers must fit in it, or it answers 431/414. */
-#define SB_MAX_URI            4096
-#define SB_MAX_CONN_MEMORY    (32 * 1024)
-#define SB_MAX_BATCH_BODY     (128 * 1024)
-#define SB_MAX_BATCH_ITEMS    100
-#define SB_MAX_QUERY_ARGS     8
-#define SB_MAX_REQUEST_ID     64 /* our own ids are 32 hex characters */
-#define SB_MAX_VERSION_ID     64 /* AWS VersionId: 32-64 characters */
-#define SB_MAX_VERSION_STAGE  256
+#define SB_MAX_URI           4096
+#define SB_MAX_CONN_MEMORY   (32 * 1024)
+#define SB_MAX_BATCH_BODY    (128 * 1024)
+#define SB_MAX_BATCH_ITEMS   100
+#define SB_MAX_QUERY_ARGS    8
+#define SB_MAX_REQUEST_ID    64 /* our own ids are 32 hex characters */
+#define SB_MAX_VERSION_ID    64 /* AWS VersionId: 32-64 characters */
+#define SB_MAX_VERSION_STAGE 256
 
 /* Upstream answers. A Kubernetes Secret holds at most 1 MiB of data, which
  * base64 and JSON grow by about 4/3; AWS secrets are at most 64 KiB. */

@@ -72,10 +72,7 @@ def find_tool():
     build = pathlib.Path(os.environ.get("SB_BUILD_DIR") or root / "build")
     if not build.is_absolute():
         build = root / build
-    tool = build / "tests" / "tools" / "sigv4_vectors"
-    if not tool.exists():
-        tool = pathlib.Path("/work/main/build/tests/tools/sigv4_vectors")
-    return tool
+    return build / "tests" / "tools" / "sigv4_vectors"
 
 
 def escape(rng, ch):
