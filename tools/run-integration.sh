@@ -43,7 +43,8 @@ cd "$root"
 start=$(date +%s)
 "$root/.venv/bin/pytest" tests/integration "$@"
 status=$?
-echo "run-integration: pytest exited $status after $(($(date +%s) - start))s; logs in $SB_IT_LOG_DIR"
+echo "run-integration: pytest exited $status after $(($(date +%s) - start))s;" \
+	"logs in $SB_IT_LOG_DIR"
 
 selected=0
 for a in "$@"; do

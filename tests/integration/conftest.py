@@ -296,8 +296,8 @@ def start_broker(request, run, log_dir, pki, broker_binary):
         if aws:
             peer = request.getfixturevalue("aws")
             aws_env = peer.broker_env(request.getfixturevalue("broker_aws_keys"))
-        broker = Broker(binary or broker_binary, base_env(pki, bdir, kubeconfig, incluster, aws_env, env),
-                        bdir, run, pki.ca_bundle)
+        env = base_env(pki, bdir, kubeconfig, incluster, aws_env, env)
+        broker = Broker(binary or broker_binary, env, bdir, run, pki.ca_bundle)
         broker.check_exit = check_exit
         started.append(broker)
         try:
