@@ -94,7 +94,7 @@ def test_token_request_and_review_round_trip(kube_admin, broker_identity, ns, ma
     assert not wrong.get("authenticated"), wrong
 
 
-def test_broker_serviceaccount_cannot_read_secrets(kube_admin, broker_identity, ns):
+def test_broker_serviceaccount_cannot_read_secrets(kube, kube_admin, broker_identity, ns):
     kube_admin.create_secret(ns, "db", string_data={"k": "v"})
     as_broker = broker_identity.client
     assert as_broker.request("GET", f"/api/v1/namespaces/{ns}/secrets/db").status_code == 403
@@ -102,6 +102,10 @@ def test_broker_serviceaccount_cannot_read_secrets(kube_admin, broker_identity, 
     sar = kube_admin.subject_access_review(broker_identity.namespace, broker_identity.name,
                                            "get", "secrets", "db", namespace=ns)
     assert sar["allowed"] is False
+    for verb in ("get", "list", "watch"):
+        out = kube.kubectl("auth", "can-i", verb, "secrets", "-n", ns,
+                           "--as", broker_identity.username, check=False)
+        assert out.stdout.strip() == "no", (verb, out.stdout, out.stderr)
     # What it may do: impersonate ServiceAccounts and create their tokens.
     for verb, resource in (("impersonate", "serviceaccounts"),
                            ("create", "serviceaccounts/token")):

@@ -33,6 +33,11 @@ if have_all; then
 	exit 0
 fi
 
+if ! command -v go >/dev/null; then
+	echo "build.sh: the peers are not built and there is no Go toolchain (>= 1.26) on PATH" >&2
+	exit 1
+fi
+
 # One build at a time (test-deps.sh and run-integration.sh may both call
 # this); a second caller waits and then finds the binaries.
 mkdir -p "$CACHE/peers"

@@ -428,7 +428,7 @@ class KubeCluster:
         return subprocess.run([str(self.bins / "kubectl"), "--kubeconfig",
                                str(self.admin_kubeconfig), *map(str, args)],
                               input=input, capture_output=True, text=True, check=check,
-                              timeout=60, env=_peer_env())
+                              timeout=60, env={**_peer_env(), "HOME": str(self.dir)})
 
     def client_for_token(self, token):
         return KubeClient(self.server, self.ca_path, token=token)
