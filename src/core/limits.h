@@ -18,6 +18,9 @@
 #define SB_MAX_SERIAL_HEX   64    /* X.509 serials are at most 20 bytes */
 #define SB_MAX_CERT_SANS    64    /* subject alternative names read from a client cert */
 #define SB_MAX_CERT_EKUS    16    /* extended key usages read from a client cert */
+#define SB_MAX_POD_NAME     253   /* pod names are DNS subdomains */
+#define SB_MAX_K8S_UID      64    /* object UIDs are 36-character UUIDs */
+#define SB_MAX_TOKEN_CACHE  10000 /* bearer token reviews kept (one per token) */
 
 /* HTTP requests. The header limit is libmicrohttpd's per-connection memory
  * pool: request line and headers must fit in it, or it answers 431/414. */
