@@ -1,24 +1,40 @@
-/* Memory for secret bytes: excluded from core dumps (MADV_DONTDUMP), locked
- * in RAM when the system allows it, and wiped on free. Used by secret.c and
- * by the JSON allocator; other code uses sb_secret and sb_buf instead. */
+/* Memory for secret bytes: an arena of mmap'd chunks kept out of core dumps
+ * (MADV_DONTDUMP), locked in RAM when the system allows it, and wiped on
+ * free. Small blocks come from size classes (at most 1/8 wasted above 128
+ * bytes), so a cached 1 KiB secret costs about 1.1 KiB; blocks over 16 KiB
+ * get a mapping of their own, unmapped on free. Used by secret.c; other
+ * code uses sb_secret and sb_buf instead. */
 #ifndef SB_CORE_SECMEM_H
 #define SB_CORE_SECMEM_H
 
 #include <stdbool.h>
 #include <stddef.h>
 
-/* Returns size bytes of secret memory; aborts on OOM. Any thread. */
+/* Returns size bytes of secret memory, 16-byte aligned; aborts on OOM.
+ * Any thread. */
 void *sb_secmem_alloc(size_t size);
 
-/* Wipes size bytes at p and releases them; size must be what was asked of
+/* Wipes the block at p and releases it; size must be what was asked of
  * sb_secmem_alloc. Accepts NULL. Any thread. */
 void sb_secmem_free(void *p, size_t size);
 
-/* Bytes currently handed out, for the cache-bytes metric and tests. */
+/* The memory a block of size bytes really takes (its size class, or its
+ * pages), for byte budgets that must be exact. */
+size_t sb_secmem_footprint(size_t size);
+
+/* Bytes currently handed out, counted by footprint. */
 size_t sb_secmem_in_use(void);
 
-/* Whether the memory is locked in RAM (mlock succeeded at least once and
- * never failed since start). Logged once at start-up by main. */
+/* Whether secret memory is locked in RAM: mlock succeeded on the first
+ * chunk and has not failed since (it is not tried again once it fails).
+ * Maps the first chunk if none is yet, so the answer is meaningful at
+ * start-up, where main logs it once. */
 bool sb_secmem_locked(void);
+
+/* How many times needle occurs in the arena's chunks, blocks in use and
+ * free alike, and in large blocks in use (freed large blocks are unmapped).
+ * For tests that check a value is gone after it was freed; call it while
+ * no other thread uses secret memory. */
+size_t sb_secmem_count(const void *needle, size_t len);
 
 #endif

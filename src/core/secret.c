@@ -54,6 +54,11 @@ size_t sb_secret_len(const sb_secret *s)
     return s->len;
 }
 
+size_t sb_secret_footprint(const sb_secret *s)
+{
+    return sb_secmem_footprint(sizeof(*s) + s->len + 1);
+}
+
 void sb_buf_init(sb_buf *buf, size_t max)
 {
     memset(buf, 0, sizeof(*buf));

@@ -26,6 +26,10 @@ void sb_secret_unref(sb_secret *s);
 const unsigned char *sb_secret_data(const sb_secret *s);
 size_t sb_secret_len(const sb_secret *s);
 
+/* The memory the secret takes in the secret arena (header, bytes and NUL,
+ * rounded up to the arena's size class), for exact byte budgets. */
+size_t sb_secret_footprint(const sb_secret *s);
+
 /* A growable byte buffer with a hard maximum. Whatever it held is wiped
  * when it grows or is freed, so a secret read from a socket does not linger
  * in freed heap. Zero-initialise, or use sb_buf_init. */
