@@ -178,6 +178,13 @@ void *sb_lru_get(sb_lru *l, const void *key, size_t klen)
     return n->value;
 }
 
+void *sb_lru_peek(const sb_lru *l, const void *key, size_t klen)
+{
+    struct node *n = *find_slot((sb_lru *)l, sb_hash(key, klen), key, klen);
+
+    return n ? n->value : NULL;
+}
+
 void sb_lru_put(sb_lru *l, const void *key, size_t klen, void *value)
 {
     uint64_t hash = sb_hash(key, klen);
@@ -242,6 +249,11 @@ size_t sb_lru_remove_if(sb_lru *l, sb_lru_pred_fn pred, void *ud)
 size_t sb_lru_count(const sb_lru *l)
 {
     return l->count;
+}
+
+size_t sb_lru_entry_bytes(size_t klen)
+{
+    return sizeof(struct node) + klen;
 }
 
 void sb_lru_free(sb_lru *l)

@@ -22,6 +22,10 @@ void sb_lru_free(sb_lru *l); /* accepts NULL */
 /* The value under key, marked most recently used; NULL when absent. */
 void *sb_lru_get(sb_lru *l, const void *key, size_t klen);
 
+/* The value under key, leaving the recency order as it is; NULL when
+ * absent. */
+void *sb_lru_peek(const sb_lru *l, const void *key, size_t klen);
+
 /* Stores value under key (a copy of the key is kept), replacing and
  * freeing any previous value, then evicts from the old end while over the
  * entry bound. */
@@ -38,6 +42,10 @@ typedef bool (*sb_lru_pred_fn)(const void *key, size_t klen, void *value, void *
 size_t sb_lru_remove_if(sb_lru *l, sb_lru_pred_fn pred, void *ud);
 
 size_t sb_lru_count(const sb_lru *l);
+
+/* The memory one entry with a key of klen bytes takes in the map, besides
+ * its value (for byte budgets that must be exact). */
+size_t sb_lru_entry_bytes(size_t klen);
 
 /* SipHash-2-4 of data under the process key (set once, from GnuTLS's
  * random generator, on first use). */
