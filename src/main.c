@@ -39,6 +39,7 @@ struct app {
     sb_kube *kube;
     sb_backend *backends[SB_MAX_BACKENDS];
     sb_authz *authz;
+    sb_token *tokens;
     sb_cache *cache;
     sb_broker *broker;
     sb_tls *tls;
@@ -196,6 +197,8 @@ static sb_err build(struct app *a, char *err, size_t errlen)
         return rc;
 
     a->authz = sb_authz_new(cfg, a->kube);
+    if (cfg->bearer != SB_BEARER_OFF)
+        a->tokens = sb_token_new(cfg, a->kube, a->http);
     a->cache = cfg->cache_enabled ? sb_cache_new(cfg) : NULL;
     sb_broker_deps bd = {.cfg = cfg,
                          .http = a->http,
@@ -213,7 +216,8 @@ static sb_err build(struct app *a, char *err, size_t errlen)
                          .audit = a->audit,
                          .http = a->http,
                          .kube = a->kube,
-                         .cache = a->cache};
+                         .cache = a->cache,
+                         .tokens = a->tokens};
     return sb_server_start(&sd, &a->server, err, errlen);
 }
 
@@ -224,6 +228,7 @@ static void teardown(struct app *a)
     sb_broker_free(a->broker);
     sb_cache_free(a->cache);
     sb_authz_free(a->authz);
+    sb_token_free(a->tokens);
     for (size_t i = 0; i < SB_MAX_BACKENDS; i++)
         sb_backend_destroy(a->backends[i]);
     sb_kube_free(a->kube);

@@ -2,9 +2,10 @@
  * (headers: refuse smuggling shapes and oversized bodies, parse the
  * target), body calls (batch only), final call (identify, authorize and
  * fetch through the broker, maybe suspended), then one response after its
- * audit record is written. libmicrohttpd calls the handler on the
- * connection's HTTP thread; broker completions run on the loop thread and
- * only resume the connection. */
+ * audit record is written. Identifying suspends too when a bearer token
+ * needs a TokenReview. libmicrohttpd calls the handler on the connection's
+ * HTTP thread; token reviews and broker completions run on the loop thread
+ * and only resume the connection. */
 #include "net/api.h"
 
 #include <gnutls/crypto.h>
@@ -12,7 +13,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
+#include "auth/token.h"
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "net/render.h"
@@ -23,10 +26,11 @@
 #define JSON_TYPE "application/json"
 
 enum phase {
-    PHASE_HEADERS, /* nothing seen yet */
-    PHASE_BODY,    /* headers accepted; reading the body */
-    PHASE_WAITING, /* suspended while the broker works */
-    PHASE_DONE,    /* a response is queued */
+    PHASE_HEADERS,     /* nothing seen yet */
+    PHASE_BODY,        /* headers accepted; reading the body */
+    PHASE_IDENTIFYING, /* suspended while a bearer token is reviewed */
+    PHASE_WAITING,     /* suspended while the broker works */
+    PHASE_DONE,        /* a response is queued */
 };
 
 struct sb_api_req {
@@ -48,6 +52,9 @@ struct sb_api_req {
     sb_metrics_endpoint endpoint;
     sb_identity caller;
     bool identified;
+    char pod[SB_MAX_POD_NAME + 1]; /* from a reviewed bearer token; "" if none */
+    char pod_uid[SB_MAX_K8S_UID + 1];
+    sb_token_result token; /* the review's answer, while identifying */
     sb_buf body;
 
     /* One broker request per asked-for secret: one for a GET, one per
@@ -142,6 +149,8 @@ static sb_err audit(sb_api_req *r, int status, const char *reason)
         rec.caller.service_account = sb_audit_cstr(r->caller.sa);
         rec.caller.ns = sb_audit_cstr(r->caller.ns);
         rec.caller.cert_serial = sb_audit_cstr(r->caller.serial[0] ? r->caller.serial : NULL);
+        rec.caller.pod = sb_audit_cstr(r->pod[0] ? r->pod : NULL);
+        rec.caller.pod_uid = sb_audit_cstr(r->pod_uid[0] ? r->pod_uid : NULL);
         rec.caller.identity_source = r->caller.source;
     }
     rec.request.method = sb_audit_cstr(r->method);
@@ -409,21 +418,11 @@ static sb_metrics_id_reason id_reason(const char *why)
     return SB_METRICS_ID_BAD_SPIFFE_ID;
 }
 
-static enum MHD_Result final_call(sb_api_req *r)
+/* The rest of the final call, once the caller is known. */
+static enum MHD_Result serve(sb_api_req *r)
 {
     const char *why = NULL;
-    sb_err err;
-
-    if (r->early_err != SB_OK)
-        return respond_error(r, r->early_err, r->early_why, -1);
-
-    /* No identity, no further: nothing below runs for an unknown caller. */
-    err = sb_server_identity(r->conn, &r->caller, &why);
-    if (err != SB_OK) {
-        sb_metrics_identity_rejected(id_reason(why));
-        return respond_error(r, err, why, -1);
-    }
-    r->identified = true;
+    sb_err err = SB_OK;
 
     if (r->parsed.route == SB_ROUTE_BATCH) {
         err = sb_request_parse_batch(r->body.data, r->body.len, &r->parsed.target, &r->targets,
@@ -441,6 +440,108 @@ static enum MHD_Result final_call(sb_api_req *r)
         return respond_error(r, err, why, -1);
     }
     return dispatch(r);
+}
+
+/* Every bearer token refusal gets one answer, so a caller learns nothing
+ * about why; the log says. */
+static enum MHD_Result reject_token(sb_api_req *r, const char *why)
+{
+    SB_INFO("api", r->request_id, "bearer token refused: %s", why);
+    sb_metrics_identity_rejected(SB_METRICS_ID_TOKEN);
+    return respond_error(r, SB_E_UNAUTHORIZED, "a valid bearer token is required", -1);
+}
+
+/* A reviewed token: the caller (no certificate), or the certificate's
+ * caller with the pod it runs in. */
+static enum MHD_Result apply_token(sb_api_req *r)
+{
+    const char *why = NULL;
+    sb_identity id;
+    sb_err err = sb_token_check(&r->token, r->identified ? &r->caller : NULL, &id, &why);
+
+    if (err == SB_E_UNAUTHORIZED)
+        return reject_token(r, why);
+    if (err != SB_OK)
+        return respond_error(r, err, why, 1);
+    r->caller = id;
+    r->identified = true;
+    memcpy(r->pod, r->token.pod, sizeof(r->pod));
+    memcpy(r->pod_uid, r->token.pod_uid, sizeof(r->pod_uid));
+    return serve(r);
+}
+
+static void on_token_done(const sb_token_result *res, void *ud)
+{
+    sb_api_req *r = ud;
+
+    r->token = *res;
+    MHD_resume_connection(r->conn);
+}
+
+static enum MHD_Result count_authorization(void *cls, enum MHD_ValueKind kind, const char *key,
+                                           const char *value)
+{
+    if (strcasecmp(key, MHD_HTTP_HEADER_AUTHORIZATION) == 0)
+        ++*(int *)cls;
+    return MHD_YES;
+}
+
+/* The bearer token step (DESIGN.md section 3): answered from the review
+ * cache on this thread when possible, else suspended while the loop runs
+ * a TokenReview. Forwarded-identity headers (X-Forwarded-Client-Cert...)
+ * are never read. */
+static enum MHD_Result identify_token(sb_api_req *r)
+{
+    const sb_server_deps *deps = sb_server_deps_of(r->srv);
+    const char *value = NULL, *tok = NULL, *why = NULL;
+    size_t vlen = 0, tlen = 0;
+    int headers = 0;
+    sb_token_key key;
+
+    if (MHD_lookup_connection_value_n(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION,
+                                      strlen(MHD_HTTP_HEADER_AUTHORIZATION), &value,
+                                      &vlen) != MHD_YES) {
+        if (deps->cfg->bearer == SB_BEARER_OPTIONAL && r->identified)
+            return serve(r);
+        return reject_token(r, "no bearer token");
+    }
+    MHD_get_connection_values(r->conn, MHD_HEADER_KIND, count_authorization, &headers);
+    if (headers != 1)
+        return reject_token(r, "more than one Authorization header");
+    if (sb_token_parse_header(value, vlen, &tok, &tlen, &why) != SB_OK)
+        return reject_token(r, why);
+    if (sb_token_key_of(tok, tlen, &key) != SB_OK)
+        return respond_error(r, SB_E_INTERNAL, "the bearer token could not be hashed", -1);
+    if (sb_token_lookup(deps->tokens, &key, sb_clock_mono_ms(), &r->token))
+        return apply_token(r);
+
+    r->phase = PHASE_IDENTIFYING;
+    MHD_suspend_connection(r->conn);
+    sb_token_review(deps->tokens, &key, tok, tlen, r->request_id, on_token_done, r);
+    return MHD_YES;
+}
+
+static enum MHD_Result final_call(sb_api_req *r)
+{
+    const sb_server_deps *deps = sb_server_deps_of(r->srv);
+    const char *why = NULL;
+
+    if (r->early_err != SB_OK)
+        return respond_error(r, r->early_err, r->early_why, -1);
+
+    /* No identity, no further: nothing below runs for an unknown caller.
+     * Without mTLS (deps->tls NULL) a bearer token is the only identity. */
+    if (deps->tls || deps->cfg->bearer == SB_BEARER_OFF) {
+        sb_err err = sb_server_identity(r->conn, &r->caller, &why);
+        if (err != SB_OK) {
+            sb_metrics_identity_rejected(id_reason(why));
+            return respond_error(r, err, why, -1);
+        }
+        r->identified = true;
+    }
+    if (deps->cfg->bearer != SB_BEARER_OFF)
+        return identify_token(r);
+    return serve(r);
 }
 
 static void refuse_early(sb_api_req *r, sb_err err, const char *why, bool close)
@@ -513,6 +614,8 @@ enum MHD_Result sb_api_handle(sb_api_req *r, struct MHD_Connection *conn, const 
         if (*upload_data_size)
             return body_call(r, upload_data, upload_data_size);
         return final_call(r);
+    case PHASE_IDENTIFYING:
+        return apply_token(r);
     case PHASE_WAITING:
         return respond_results(r);
     case PHASE_DONE:

@@ -11,6 +11,7 @@
 #include <stdbool.h>
 
 #include "auth/identity.h"
+#include "auth/token.h"
 #include "broker/broker.h"
 #include "clients/kube.h"
 #include "core/config.h"
@@ -25,8 +26,9 @@ typedef struct sb_server_deps {
     sb_broker *broker;
     sb_audit *audit;
     sb_http *http;
-    sb_kube *kube;   /* NULL with the file backend */
-    sb_cache *cache; /* NULL when the value cache is off */
+    sb_kube *kube;    /* NULL with the file backend */
+    sb_cache *cache;  /* NULL when the value cache is off */
+    sb_token *tokens; /* bearer token reviews; NULL when BEARER_TOKEN=off */
 } sb_server_deps;
 
 typedef enum sb_server_state {
@@ -57,7 +59,9 @@ sb_server_state sb_server_get_state(const sb_server *s);
 const sb_server_deps *sb_server_deps_of(const sb_server *s);
 
 /* The identity of the client on conn, computed once per connection.
- * SB_E_UNAUTHORIZED with *why when the certificate names none. */
+ * SB_E_UNAUTHORIZED with *why when the certificate names none, or there
+ * is no TLS at all (MTLS_ENABLED=false: net/api then takes the identity
+ * from a reviewed bearer token instead). */
 SB_MUST_CHECK sb_err sb_server_identity(struct MHD_Connection *conn, sb_identity *out,
                                         const char **why);
 
