@@ -39,7 +39,7 @@ sb_err sb_doc_add(sb_secret_doc *doc, const char *key, size_t key_len, const voi
     it->key = sb_xstrndup(key, key_len);
     it->key_len = key_len;
     it->value = sb_secret_new(value, len);
-    doc->bytes += sizeof(*it) + key_len + 1 + len + 1 + 16;
+    doc->bytes += sizeof(*it) + key_len + 1 + sb_secret_footprint(it->value);
     return SB_OK;
 }
 
