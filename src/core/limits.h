@@ -41,6 +41,29 @@
 #define SB_MAX_BATCH_RESPONSE (32 * 1024 * 1024)
 #define SB_MAX_AWS_BATCH      20 /* BatchGetSecretValue takes at most 20 ids */
 
+/* AWS: credentials, their answers and the names the broker sends. Key
+ * lengths are the IAM API's bounds; session tokens have no published
+ * bound (a few KiB with session tags). */
+#define SB_MAX_AWS_ACCESS_KEY_ID   128
+#define SB_MAX_AWS_SECRET_KEY      128
+#define SB_MAX_AWS_SESSION_TOKEN   16384
+#define SB_MAX_AWS_SESSION_NAME    64   /* STS RoleSessionName */
+#define SB_MAX_AWS_ROLE_ARN        2048 /* STS RoleArn */
+#define SB_MAX_AWS_SECRET_ID       512  /* Secrets Manager secret names */
+#define SB_MAX_AWS_URL             2048 /* endpoint URLs from the environment */
+#define SB_MAX_AWS_CREDS_RESPONSE  (64 * 1024) /* STS and container credentials answers */
+#define SB_MAX_STS_REQUEST         (64 * 1024) /* the form body, token included */
+#define SB_MAX_AWS_ERROR_BODY      (64 * 1024) /* error answers read for their code */
+
+/* Per-identity state kept by the rate limits (token buckets): callers are
+ * authenticated ServiceAccounts, but their number is still bounded. */
+#define SB_MAX_RATE_KEYS 65536
+
+/* Watch streams (CACHE_INVALIDATION=watch): one event is one object's
+ * metadata; a Secret object is at most about 1 MiB (etcd's request limit),
+ * and annotations can carry most of it. */
+#define SB_MAX_WATCH_EVENT (2 * 1024 * 1024)
+
 /* Logging: user-controlled text is cut to this many bytes in log lines. */
 #define SB_MAX_LOG_FIELD 512
 
