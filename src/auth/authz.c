@@ -14,13 +14,12 @@
 #include "core/lru.h"
 #include "obs/log.h"
 
-#define SHARDS         16
-#define MAX_DECISIONS  100000 /* cached decisions in all shards together */
-#define KEY_MAX        (SB_MAX_NAMESPACE * 2 + SB_MAX_SA_NAME + SB_MAX_SECRET_NAME + 4)
+#define SHARDS        16
+#define MAX_DECISIONS 100000 /* cached decisions in all shards together */
+#define KEY_MAX       (SB_MAX_NAMESPACE * 2 + SB_MAX_SA_NAME + SB_MAX_SECRET_NAME + 4)
 
 struct decision {
     bool allowed;
-    int64_t decided_ms;
     int64_t expires_ms;
 };
 
@@ -102,8 +101,8 @@ void sb_authz_free(sb_authz *a)
     free(a);
 }
 
-sb_decision sb_authz_lookup(sb_authz *a, const sb_identity *id, const char *ns,
-                            const char *name, int64_t now)
+sb_decision sb_authz_lookup(sb_authz *a, const sb_identity *id, const char *ns, const char *name,
+                            int64_t now)
 {
     char key[KEY_MAX];
     sb_decision out = SB_DECISION_UNKNOWN;
@@ -132,6 +131,8 @@ void sb_authz_record(sb_authz *a, const sb_identity *id, const char *ns, const c
         return;
     size_t klen = make_key(key, id, ns, name);
     struct shard *s = shard_of(a, key, klen);
+    /* A TTL of 0 caches nothing, but still drops an older decision: an
+     * upstream 403 must end a cached allow at once (DESIGN.md section 4). */
     if (ttl <= 0) {
         pthread_mutex_lock(&s->lock);
         sb_lru_remove(s->map, key, klen);
@@ -140,7 +141,7 @@ void sb_authz_record(sb_authz *a, const sb_identity *id, const char *ns, const c
     }
 
     struct decision *d = sb_xmalloc(sizeof(*d));
-    *d = (struct decision){.allowed = allowed, .decided_ms = now, .expires_ms = now + ttl};
+    *d = (struct decision){.allowed = allowed, .expires_ms = now + ttl};
     pthread_mutex_lock(&s->lock);
     sb_lru_put(s->map, key, klen, d);
     pthread_mutex_unlock(&s->lock);
@@ -167,8 +168,7 @@ static void on_review(sb_kube_result *kr, void *ud)
         allowed = sb_kube_review_allowed(kr->json, &reason);
         sb_authz_record(rv->a, &rv->id, rv->ns, rv->name, allowed, sb_clock_mono_ms());
     } else {
-        SB_WARN("authz", NULL, "SubjectAccessReview failed: %s (HTTP %ld)", kr->detail,
-                kr->status);
+        SB_WARN("authz", NULL, "SubjectAccessReview failed: %s (HTTP %ld)", kr->detail, kr->status);
     }
 
     /* Detach before calling back: a waiter may start a new review. */
