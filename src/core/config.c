@@ -250,6 +250,7 @@ static void read_backend_settings(struct loader *ld, sb_config *cfg)
         set_str(&cfg->aws_prefix, ld->lookup("AWS_SECRETS_MANAGER_PREFIX"));
     read_str(ld, "AWS_SECRET_ID_TEMPLATE", &cfg->aws_id_template);
     read_secs(ld, "AWS_TIMEOUT_SECONDS", 1, 300, &cfg->aws_timeout_ms);
+    read_int(ld, "AWS_BATCH_WINDOW_MS", 0, 100, &cfg->aws_batch_window_ms);
 }
 
 static void read_cache_settings(struct loader *ld, sb_config *cfg)
@@ -370,6 +371,7 @@ void sb_config_defaults(sb_config *cfg)
     cfg->aws_prefix = sb_xstrdup("secrets-broker");
     cfg->aws_id_template = sb_xstrdup("{prefix}/{namespace}/{name}");
     cfg->aws_timeout_ms = 5000;
+    cfg->aws_batch_window_ms = 2;
     cfg->mtls_enabled = true;
     cfg->trust_domain = sb_xstrdup("cluster.local");
     cfg->bearer = SB_BEARER_OFF;

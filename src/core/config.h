@@ -57,9 +57,10 @@ typedef struct sb_config {
     /* AWS Secrets Manager (credentials and endpoints are read by the AWS
      * client from the SDKs' own variables). */
     char *aws_region;
-    char *aws_prefix;      /* AWS_SECRETS_MANAGER_PREFIX */
-    char *aws_id_template; /* AWS_SECRET_ID_TEMPLATE */
-    int aws_timeout_ms;    /* AWS_TIMEOUT_SECONDS */
+    char *aws_prefix;        /* AWS_SECRETS_MANAGER_PREFIX */
+    char *aws_id_template;   /* AWS_SECRET_ID_TEMPLATE */
+    int aws_timeout_ms;      /* AWS_TIMEOUT_SECONDS */
+    int aws_batch_window_ms; /* AWS_BATCH_WINDOW_MS: coalescing, 0 off */
 
     /* TLS and identity. */
     bool mtls_enabled;
