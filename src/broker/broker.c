@@ -4,26 +4,35 @@
  *
  * A flight is one backend call for one key. Its leader's own read decides
  * the leader's authorization when the backend reads as the caller; every
- * waiter is authorized on its own before it sees the result. */
+ * waiter is authorized on its own before it sees the result.
+ *
+ * The order within a request (DESIGN.md section 2): the decision cache
+ * first; a caller without a fresh decision learns nothing from the value
+ * cache until a SubjectAccessReview allows it (the cache is only peeked at
+ * to choose between "review, then answer from the cache" and "read from
+ * the backend as the caller", which authorizes by itself). */
 #include "broker/broker.h"
 
 #include <stdlib.h>
 #include <string.h>
 
+#include "broker/ratelimit.h"
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/lru.h"
-#include "obs/log.h"
 #include "obs/metrics.h"
 
-#define FLIGHT_KEY_MAX (4 + SB_MAX_NAMESPACE + SB_MAX_SECRET_NAME + SB_MAX_VERSION_STAGE + \
-                        SB_MAX_VERSION_ID + 4)
+#define FLIGHT_KEY_MAX                                                                             \
+    (4 + SB_MAX_NAMESPACE + SB_MAX_SECRET_NAME + SB_MAX_VERSION_STAGE + SB_MAX_VERSION_ID + 4)
+#define SWEEP_MS 10000 /* how often expired values are dropped from memory */
 
 struct flight {
     sb_broker *b;
     size_t backend;
     char key[FLIGHT_KEY_MAX];
     size_t klen;
+    bool keep_out;              /* the secret changed meanwhile: do not cache the answer */
+    struct flight *prev, *next; /* every flight, for invalidation */
     sb_broker_req *leader;
     sb_broker_req *waiters;
     sb_fetch fetch;
@@ -36,11 +45,35 @@ struct sb_broker {
     sb_cache *cache;
     sb_backend *backends[SB_MAX_BACKENDS];
     size_t backend_count;
-    sb_lru *flights; /* key -> struct flight; loop thread only */
+    sb_ratelimit *refresh_budget; /* NULL: refresh never bypasses the cache */
+    sb_lru *flights;              /* key -> struct flight; loop thread only */
+    struct flight *flying;        /* the same flights, listed */
 };
 
 static void start(sb_broker_req *req);
+static void proceed(sb_broker_req *req, int64_t now);
 static void fetch_from(sb_broker_req *req, size_t backend);
+
+static void sweep_tick(void *ud)
+{
+    sb_broker *b = ud;
+    int64_t now = sb_clock_mono_ms();
+
+    sb_cache_sweep(b->cache, now);
+    sb_http_call_at(b->http, now + SWEEP_MS, sweep_tick, b);
+}
+
+/* REFRESH_RATE_PER_MINUTE per caller, with a burst of a tenth of a minute's
+ * worth (at least one); 0 turns refresh off. */
+static sb_ratelimit *refresh_budget(const sb_config *cfg)
+{
+    double per_minute = cfg->refresh_per_minute;
+
+    if (per_minute <= 0)
+        return NULL;
+    double burst = per_minute / 6 >= 1 ? per_minute / 6 : 1;
+    return sb_ratelimit_new(per_minute / 60, burst, SB_MAX_RATE_KEYS);
+}
 
 sb_broker *sb_broker_new(const sb_broker_deps *deps)
 {
@@ -52,7 +85,10 @@ sb_broker *sb_broker_new(const sb_broker_deps *deps)
     b->cache = deps->cache;
     b->backend_count = deps->backend_count;
     memcpy(b->backends, deps->backends, sizeof(b->backends));
+    b->refresh_budget = refresh_budget(deps->cfg);
     b->flights = sb_lru_new(SIZE_MAX, NULL);
+    if (b->cache)
+        sb_http_call_at(b->http, sb_clock_mono_ms() + SWEEP_MS, sweep_tick, b);
     return b;
 }
 
@@ -61,6 +97,7 @@ void sb_broker_free(sb_broker *b)
     if (!b)
         return;
     sb_lru_free(b->flights);
+    sb_ratelimit_free(b->refresh_budget);
     free(b);
 }
 
@@ -81,20 +118,25 @@ static sb_cache_key cache_key(const sb_broker_req *req, size_t backend)
                           .version_id = req->version_id};
 }
 
-/* Looks the secret up through the backend chain: a hit anywhere ends the
- * walk; an absence moves to the next backend; a miss stops at that one
- * (*out_first_miss). */
+static sb_backend_kind kind_of(const sb_broker *b, size_t backend)
+{
+    return b->backends[backend]->kind;
+}
+
+/* Looks the secret up through the backend chain: a cached absence moves to
+ * the next backend; anything else stops the walk at *out_at. With out_doc
+ * NULL it only peeks (no reference, no LRU touch). All absent: ABSENT,
+ * *out_at the last backend. */
 static sb_cache_state chain_lookup(sb_broker *b, const sb_broker_req *req, int64_t now,
-                                   sb_secret_doc **out_doc, size_t *out_first_miss)
+                                   sb_secret_doc **out_doc, size_t *out_at)
 {
     for (size_t i = 0; i < b->backend_count; i++) {
         sb_cache_key key = cache_key(req, i);
-        sb_cache_state st = sb_cache_get(b->cache, &key, now, out_doc);
-        if (st == SB_CACHE_ABSENT)
-            continue;
-        sb_metrics_cache(key.backend, st == SB_CACHE_HIT);
-        *out_first_miss = i;
-        return st;
+        sb_cache_state st = out_doc ? sb_cache_get(b->cache, &key, now, out_doc)
+                                    : sb_cache_peek(b->cache, &key, now);
+        *out_at = i;
+        if (st != SB_CACHE_ABSENT)
+            return st;
     }
     return SB_CACHE_ABSENT;
 }
@@ -106,33 +148,47 @@ static void set_outcome(sb_broker_req *req, sb_err err, const char *reason, cons
     req->detail = detail ? detail : "";
 }
 
+static void set_denied(sb_broker_req *req)
+{
+    req->decision = SB_DECISION_DENY;
+    set_outcome(req, SB_E_FORBIDDEN, "rbac_denied",
+                "RBAC does not allow this caller to read this secret");
+}
+
+/* An authorized request answered by the value cache (a hit, or every
+ * backend's absence). */
+static void set_from_cache(sb_broker_req *req, sb_cache_state st, sb_secret_doc *doc, size_t at)
+{
+    sb_metrics_cache(kind_of(req->priv.b, at), true);
+    req->cache_hit = true;
+    if (st == SB_CACHE_ABSENT) {
+        set_outcome(req, SB_E_NOT_FOUND, "not_found", "no backend has this secret");
+        return;
+    }
+    req->doc = doc;
+    set_outcome(req, SB_OK, req->priv.refresh_limited ? "refresh_limited" : "allowed", NULL);
+}
+
 bool sb_broker_fast(sb_broker *b, sb_broker_req *req, int64_t now)
 {
     sb_secret_doc *doc = NULL;
-    size_t miss = 0;
+    size_t at = 0;
 
     req->priv.b = b;
-    sb_decision d = sb_authz_lookup(b->authz, &req->caller, req->ns, req->name, now);
-    req->decision = d;
-    if (d == SB_DECISION_DENY) {
+    req->decision = sb_authz_lookup(b->authz, &req->caller, req->ns, req->name, now);
+    if (req->decision == SB_DECISION_DENY) {
         sb_metrics_authz(false, SB_METRICS_AUTHZ_CACHE);
-        set_outcome(req, SB_E_FORBIDDEN, "rbac_denied", "RBAC does not allow this caller to read this secret");
+        set_denied(req);
         return true;
     }
-    if (d != SB_DECISION_ALLOW || req->refresh || !b->cache)
+    if (req->decision != SB_DECISION_ALLOW || req->refresh || !b->cache)
         return false;
 
-    sb_cache_state st = chain_lookup(b, req, now, &doc, &miss);
+    sb_cache_state st = chain_lookup(b, req, now, &doc, &at);
     if (st == SB_CACHE_MISS)
-        return false;
+        return false; /* start() counts the miss */
     sb_metrics_authz(true, SB_METRICS_AUTHZ_CACHE);
-    if (st == SB_CACHE_ABSENT) {
-        set_outcome(req, SB_E_NOT_FOUND, "not_found", "no backend has this secret");
-        return true;
-    }
-    req->doc = doc;
-    req->cache_hit = true;
-    set_outcome(req, SB_OK, "allowed", NULL);
+    set_from_cache(req, st, doc, at);
     return true;
 }
 
@@ -149,17 +205,15 @@ static void finish_err(sb_broker_req *req, sb_err err, const char *reason, const
 
 static void deny(sb_broker_req *req)
 {
-    req->decision = SB_DECISION_DENY;
-    finish_err(req, SB_E_FORBIDDEN, "rbac_denied",
-               "RBAC does not allow this caller to read this secret");
+    set_denied(req);
+    finish(req);
 }
 
 /* What a request does once its SubjectAccessReview allows it. */
 enum after_review {
-    AFTER_SERVE_CACHED, /* req->doc holds the cached document */
-    AFTER_NOT_FOUND,    /* every backend's absence was cached */
-    AFTER_FETCH,        /* ask backend priv.backend */
-    AFTER_DELIVER,      /* a flight's result waits in priv.pending */
+    AFTER_PROCEED, /* consult the value cache, then the backends */
+    AFTER_FETCH,   /* ask backend priv.backend */
+    AFTER_DELIVER, /* a flight's result waits in priv.pending */
 };
 
 struct review_ctx {
@@ -189,14 +243,12 @@ static void on_review(sb_err err, bool allowed, void *ud)
         return;
     }
 
+    /* The review's answer decides this request even when the allow TTL is
+     * 0 and nothing was cached. */
     req->decision = SB_DECISION_ALLOW;
     switch (after) {
-    case AFTER_SERVE_CACHED:
-        req->cache_hit = true;
-        finish_err(req, SB_OK, "allowed", NULL);
-        return;
-    case AFTER_NOT_FOUND:
-        finish_err(req, SB_E_NOT_FOUND, "not_found", "no backend has this secret");
+    case AFTER_PROCEED:
+        proceed(req, sb_clock_mono_ms());
         return;
     case AFTER_FETCH:
         fetch_from(req, req->priv.backend);
@@ -223,13 +275,16 @@ static void review_then(sb_broker_req *req, enum after_review after)
 static bool serve_stale(sb_broker_req *req)
 {
     sb_broker *b = req->priv.b;
+    int64_t now = sb_clock_mono_ms();
 
-    /* Only a caller authorized right now may see an old value. */
-    if (!b->cache || b->cfg->stale_if_error_ms <= 0 || req->decision != SB_DECISION_ALLOW)
+    if (!b->cache || b->cfg->stale_if_error_ms <= 0)
+        return false;
+    /* Only a caller allowed right now may see an old value: the decision
+     * is looked up again, since the backend call may have outlived it. */
+    if (sb_authz_lookup(b->authz, &req->caller, req->ns, req->name, now) != SB_DECISION_ALLOW)
         return false;
     sb_cache_key key = cache_key(req, req->priv.backend);
-    sb_secret_doc *doc = sb_cache_get_stale(b->cache, &key, sb_clock_mono_ms(),
-                                            b->cfg->stale_if_error_ms);
+    sb_secret_doc *doc = sb_cache_get_stale(b->cache, &key, now, b->cfg->stale_if_error_ms);
     if (!doc)
         return false;
     req->doc = doc;
@@ -278,8 +333,9 @@ static void deliver_to_waiter(sb_broker_req *w, const sb_fetch_result *res)
         return;
     }
 
-    sb_decision d = sb_authz_lookup(w->priv.b->authz, &w->caller, w->ns, w->name,
-                                    sb_clock_mono_ms());
+    /* A value, or "no such secret": only for a caller allowed now. */
+    sb_decision d =
+        sb_authz_lookup(w->priv.b->authz, &w->caller, w->ns, w->name, sb_clock_mono_ms());
     w->decision = d;
     if (d == SB_DECISION_DENY) {
         sb_metrics_authz(false, SB_METRICS_AUTHZ_CACHE);
@@ -296,33 +352,48 @@ static void deliver_to_waiter(sb_broker_req *w, const sb_fetch_result *res)
     review_then(w, AFTER_DELIVER);
 }
 
-static void record_upstream_decision(sb_broker_req *leader, const sb_fetch_result *res,
-                                     int64_t now)
+static void record_upstream_decision(sb_broker_req *leader, const sb_fetch_result *res, int64_t now)
 {
     if (res->authz == SB_FETCH_AUTHZ_NONE)
         return;
+    /* A 403 replaces a cached allow at once (DESIGN.md section 4). */
     bool allowed = res->authz == SB_FETCH_AUTHZ_ALLOWED;
-    sb_authz_record(leader->priv.b->authz, &leader->caller, leader->ns, leader->name, allowed,
-                    now);
+    sb_authz_record(leader->priv.b->authz, &leader->caller, leader->ns, leader->name, allowed, now);
     sb_metrics_authz(allowed, SB_METRICS_AUTHZ_UPSTREAM);
     leader->decision = allowed ? SB_DECISION_ALLOW : SB_DECISION_DENY;
+}
+
+static void flight_detach(sb_broker *b, struct flight *f)
+{
+    sb_lru_remove(b->flights, f->key, f->klen);
+    if (f->prev)
+        f->prev->next = f->next;
+    else
+        b->flying = f->next;
+    if (f->next)
+        f->next->prev = f->prev;
+}
+
+static void remember(sb_broker *b, const struct flight *f, const sb_fetch_result *res, int64_t now)
+{
+    if (!b->cache || f->keep_out)
+        return;
+    sb_cache_key key = cache_key(f->leader, f->backend);
+    if (res->err == SB_OK)
+        sb_cache_put(b->cache, &key, res->doc, now);
+    else if (res->err == SB_E_NOT_FOUND)
+        sb_cache_put_absent(b->cache, &key, now);
 }
 
 static void on_fetched(sb_fetch_result *res, void *ud)
 {
     struct flight *f = ud;
     sb_broker *b = f->b;
-    sb_backend_kind kind = b->backends[f->backend]->kind;
+    sb_backend_kind kind = kind_of(b, f->backend);
     int64_t now = sb_clock_mono_ms();
 
-    sb_lru_remove(b->flights, f->key, f->klen);
-    if (b->cache) {
-        sb_cache_key key = cache_key(f->leader, f->backend);
-        if (res->err == SB_OK)
-            sb_cache_put(b->cache, &key, res->doc, now);
-        else if (res->err == SB_E_NOT_FOUND)
-            sb_cache_put_absent(b->cache, &key, now);
-    }
+    flight_detach(b, f);
+    remember(b, f, res, now);
     if (res->err == SB_OK)
         sb_metrics_fetched(kind);
     else if (res->err != SB_E_NOT_FOUND && res->authz != SB_FETCH_AUTHZ_DENIED)
@@ -354,6 +425,32 @@ static size_t flight_key(char *buf, const sb_broker_req *req, size_t backend)
     return pos;
 }
 
+static struct flight *flight_new(sb_broker *b, sb_broker_req *req, size_t backend, const char *key,
+                                 size_t klen)
+{
+    struct flight *f = sb_xcalloc(1, sizeof(*f));
+
+    f->b = b;
+    f->backend = backend;
+    memcpy(f->key, key, klen);
+    f->klen = klen;
+    f->leader = req;
+    f->fetch = (sb_fetch){.ns = req->ns,
+                          .name = req->name,
+                          .version_stage = req->version_stage[0] ? req->version_stage : NULL,
+                          .version_id = req->version_id[0] ? req->version_id : NULL,
+                          .caller_ns = req->caller.ns,
+                          .caller_sa = req->caller.sa,
+                          .request_id = req->request_id,
+                          .deadline_ms = req->deadline_ms};
+    sb_lru_put(b->flights, key, klen, f);
+    f->next = b->flying;
+    if (b->flying)
+        b->flying->prev = f;
+    b->flying = f;
+    return f;
+}
+
 static void fetch_from(sb_broker_req *req, size_t backend)
 {
     sb_broker *b = req->priv.b;
@@ -375,31 +472,63 @@ static void fetch_from(sb_broker_req *req, size_t backend)
         f->waiters = req;
         return;
     }
-
-    f = sb_xcalloc(1, sizeof(*f));
-    f->b = b;
-    f->backend = backend;
-    memcpy(f->key, key, klen);
-    f->klen = klen;
-    f->leader = req;
-    f->fetch = (sb_fetch){.ns = req->ns,
-                          .name = req->name,
-                          .version_stage = req->version_stage[0] ? req->version_stage : NULL,
-                          .version_id = req->version_id[0] ? req->version_id : NULL,
-                          .caller_ns = req->caller.ns,
-                          .caller_sa = req->caller.sa,
-                          .request_id = req->request_id,
-                          .deadline_ms = req->deadline_ms};
-    sb_lru_put(b->flights, key, klen, f);
+    f = flight_new(b, req, backend, key, klen);
     sb_backend_fetch(be, &f->fetch, on_fetched, f);
+}
+
+/* A refresh within the caller's budget bypasses the value cache; over it,
+ * the request is answered like a plain read, from the cache when it can be
+ * (docs/caching.md). Weighed once per request. */
+static void settle_refresh(sb_broker_req *req, int64_t now)
+{
+    sb_broker *b = req->priv.b;
+
+    if (!req->refresh || !b->cache || req->priv.refresh_settled)
+        return;
+    req->priv.refresh_settled = true;
+    if (b->refresh_budget && sb_ratelimit_take_identity(b->refresh_budget, &req->caller, now, NULL))
+        return;
+    req->refresh = false;
+    req->priv.refresh_limited = true;
+}
+
+/* After the decision cache: the value cache (authorized callers only),
+ * then the backends. */
+static void proceed(sb_broker_req *req, int64_t now)
+{
+    sb_broker *b = req->priv.b;
+    sb_secret_doc *doc = NULL;
+    size_t at = 0;
+
+    if (!b->cache || req->refresh) {
+        fetch_from(req, 0);
+        return;
+    }
+    if (req->decision != SB_DECISION_ALLOW) {
+        /* Something cached could answer: only once a review allows it. */
+        if (chain_lookup(b, req, now, NULL, &at) != SB_CACHE_MISS) {
+            review_then(req, AFTER_PROCEED);
+            return;
+        }
+        sb_metrics_cache(kind_of(b, at), false);
+        fetch_from(req, at);
+        return;
+    }
+
+    sb_cache_state st = chain_lookup(b, req, now, &doc, &at);
+    if (st == SB_CACHE_MISS) {
+        sb_metrics_cache(kind_of(b, at), false);
+        fetch_from(req, at);
+        return;
+    }
+    set_from_cache(req, st, doc, at);
+    finish(req);
 }
 
 static void start(sb_broker_req *req)
 {
     sb_broker *b = req->priv.b;
     int64_t now = sb_clock_mono_ms();
-    sb_secret_doc *doc = NULL;
-    size_t first_miss = 0;
 
     req->decision = sb_authz_lookup(b->authz, &req->caller, req->ns, req->name, now);
     if (req->decision == SB_DECISION_DENY) {
@@ -407,31 +536,10 @@ static void start(sb_broker_req *req)
         deny(req);
         return;
     }
-    if (!b->cache || req->refresh) {
-        fetch_from(req, 0);
-        return;
-    }
-
-    bool allowed = req->decision == SB_DECISION_ALLOW;
-    switch (chain_lookup(b, req, now, &doc, &first_miss)) {
-    case SB_CACHE_HIT:
-        req->doc = doc;
-        req->cache_hit = true;
-        if (allowed)
-            finish_err(req, SB_OK, "allowed", NULL);
-        else
-            review_then(req, AFTER_SERVE_CACHED);
-        return;
-    case SB_CACHE_ABSENT:
-        if (allowed)
-            finish_err(req, SB_E_NOT_FOUND, "not_found", "no backend has this secret");
-        else
-            review_then(req, AFTER_NOT_FOUND);
-        return;
-    case SB_CACHE_MISS:
-        fetch_from(req, first_miss);
-        return;
-    }
+    if (req->decision == SB_DECISION_ALLOW)
+        sb_metrics_authz(true, SB_METRICS_AUTHZ_CACHE);
+    settle_refresh(req, now);
+    proceed(req, now);
 }
 
 static void submit_task(void *ud)
@@ -444,8 +552,37 @@ void sb_broker_submit(sb_broker *b, sb_broker_req *req, sb_broker_done_fn done, 
     req->priv.b = b;
     req->priv.done = done;
     req->priv.ud = ud;
+    req->priv.refresh_settled = false;
+    req->priv.refresh_limited = false;
     req->err = SB_OK;
     req->detail = "";
     req->retry_after_s = -1;
     sb_http_call_at(b->http, 0, submit_task, req);
+}
+
+static bool same_secret(const struct flight *f, const char *ns, const char *name)
+{
+    return !strcmp(f->fetch.ns, ns) && !strcmp(f->fetch.name, name);
+}
+
+void sb_broker_invalidate(sb_broker *b, const char *ns, const char *name)
+{
+    if (!b->cache)
+        return;
+    sb_cache_evict_secret(b->cache, ns, name);
+    for (struct flight *f = b->flying; f; f = f->next) {
+        if (same_secret(f, ns, name))
+            f->keep_out = true;
+    }
+}
+
+void sb_broker_invalidate_backend(sb_broker *b, sb_backend_kind kind)
+{
+    if (!b->cache)
+        return;
+    sb_cache_evict_backend(b->cache, kind);
+    for (struct flight *f = b->flying; f; f = f->next) {
+        if (kind_of(b, f->backend) == kind)
+            f->keep_out = true;
+    }
 }

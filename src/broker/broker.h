@@ -35,7 +35,7 @@ struct sb_broker_req {
     char name[SB_MAX_SECRET_NAME + 1];
     char version_stage[SB_MAX_VERSION_STAGE + 1];
     char version_id[SB_MAX_VERSION_ID + 1];
-    bool refresh;
+    bool refresh; /* bypass the value cache, within the caller's refresh budget */
     const char *request_id;
     int64_t deadline_ms;
 
@@ -56,6 +56,8 @@ struct sb_broker_req {
         size_t backend;          /* index of the backend being asked */
         sb_broker_req *next;     /* next waiter on the same flight */
         sb_fetch_result pending; /* a waiter's result held during its review */
+        bool refresh_settled;    /* its refresh was weighed against the budget */
+        bool refresh_limited;    /* ... and found over it: answered as a plain read */
     } priv;
 };
 
@@ -68,7 +70,9 @@ typedef struct sb_broker_deps {
     size_t backend_count;
 } sb_broker_deps;
 
-/* The broker borrows everything in deps. */
+/* The broker borrows everything in deps. With a cache it sweeps expired
+ * entries from a timer on the http loop, so free it only after the loop has
+ * stopped (sb_http_stop drops pending timers). */
 sb_broker *sb_broker_new(const sb_broker_deps *deps);
 void sb_broker_free(sb_broker *b);
 
@@ -82,5 +86,13 @@ void sb_broker_submit(sb_broker *b, sb_broker_req *req, sb_broker_done_fn done, 
 
 /* Releases the outputs (the document reference). */
 void sb_broker_req_clear(sb_broker_req *req);
+
+/* Secret ns/name changed (a watch saw it): its cached answers go, and a
+ * backend call for it already in flight will not cache what it brings back,
+ * since that may predate the change. Loop thread only. */
+void sb_broker_invalidate(sb_broker *b, const char *ns, const char *name);
+
+/* The same for every secret of one backend (a watch missed events). */
+void sb_broker_invalidate_backend(sb_broker *b, sb_backend_kind kind);
 
 #endif
