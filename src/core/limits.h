@@ -44,16 +44,16 @@
 /* AWS: credentials, their answers and the names the broker sends. Key
  * lengths are the IAM API's bounds; session tokens have no published
  * bound (a few KiB with session tags). */
-#define SB_MAX_AWS_ACCESS_KEY_ID   128
-#define SB_MAX_AWS_SECRET_KEY      128
-#define SB_MAX_AWS_SESSION_TOKEN   16384
-#define SB_MAX_AWS_SESSION_NAME    64   /* STS RoleSessionName */
-#define SB_MAX_AWS_ROLE_ARN        2048 /* STS RoleArn */
-#define SB_MAX_AWS_SECRET_ID       512  /* Secrets Manager secret names */
-#define SB_MAX_AWS_URL             2048 /* endpoint URLs from the environment */
-#define SB_MAX_AWS_CREDS_RESPONSE  (64 * 1024) /* STS and container credentials answers */
-#define SB_MAX_STS_REQUEST         (64 * 1024) /* the form body, token included */
-#define SB_MAX_AWS_ERROR_BODY      (64 * 1024) /* error answers read for their code */
+#define SB_MAX_AWS_ACCESS_KEY_ID  128
+#define SB_MAX_AWS_SECRET_KEY     128
+#define SB_MAX_AWS_SESSION_TOKEN  16384
+#define SB_MAX_AWS_SESSION_NAME   64          /* STS RoleSessionName */
+#define SB_MAX_AWS_ROLE_ARN       2048        /* STS RoleArn */
+#define SB_MAX_AWS_SECRET_ID      512         /* Secrets Manager secret names */
+#define SB_MAX_AWS_URL            2048        /* endpoint URLs from the environment */
+#define SB_MAX_AWS_CREDS_RESPONSE (64 * 1024) /* STS and container credentials answers */
+#define SB_MAX_STS_REQUEST        (64 * 1024) /* the form body, token included */
+#define SB_MAX_AWS_ERROR_BODY     (64 * 1024) /* error answers read for their code */
 
 /* Per-identity state kept by the rate limits (token buckets): callers are
  * authenticated ServiceAccounts, but their number is still bounded. */
