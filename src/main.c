@@ -42,6 +42,7 @@ struct app {
     sb_token *tokens;
     sb_cache *cache;
     sb_broker *broker;
+    sb_watch *watch; /* CACHE_INVALIDATION=watch */
     sb_tls *tls;
     sb_server *server;
 };
@@ -207,6 +208,11 @@ static sb_err build(struct app *a, char *err, size_t errlen)
                          .backend_count = cfg->backend_count};
     memcpy(bd.backends, a->backends, sizeof(bd.backends));
     a->broker = sb_broker_new(&bd);
+    if (cfg->cache_watch && a->cache && a->kube) {
+        a->watch = sb_watch_new(a->kube, a->http, cfg->pinned_namespace,
+                                sb_broker_watch_handler(a->broker));
+        sb_watch_start(a->watch);
+    }
 
     if (cfg->mtls_enabled && sb_tls_new(cfg, &a->tls, err, errlen) != SB_OK)
         return SB_E_CONFIG;
@@ -225,6 +231,7 @@ static void teardown(struct app *a)
 {
     sb_server_stop(a->server);
     sb_http_stop(a->http); /* ends loop callbacks before their targets go */
+    sb_watch_free(a->watch);
     sb_broker_free(a->broker);
     sb_cache_free(a->cache);
     sb_authz_free(a->authz);

@@ -586,3 +586,18 @@ void sb_broker_invalidate_backend(sb_broker *b, sb_backend_kind kind)
             f->keep_out = true;
     }
 }
+
+static void on_secret_changed(void *ud, const char *ns, const char *name)
+{
+    sb_broker_invalidate(ud, ns, name);
+}
+
+static void on_changes_lost(void *ud)
+{
+    sb_broker_invalidate_backend(ud, SB_BACKEND_K8S);
+}
+
+sb_watch_handler sb_broker_watch_handler(sb_broker *b)
+{
+    return (sb_watch_handler){.changed = on_secret_changed, .lost = on_changes_lost, .ud = b};
+}

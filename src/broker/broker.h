@@ -19,6 +19,7 @@
 #include "backend/backend.h"
 #include "broker/cache.h"
 #include "clients/http.h"
+#include "clients/watch.h"
 #include "core/config.h"
 #include "core/limits.h"
 
@@ -94,5 +95,9 @@ void sb_broker_invalidate(sb_broker *b, const char *ns, const char *name);
 
 /* The same for every secret of one backend (a watch missed events). */
 void sb_broker_invalidate_backend(sb_broker *b, sb_backend_kind kind);
+
+/* A Secret watch's handler that does the two above for the Kubernetes
+ * backend (CACHE_INVALIDATION=watch). */
+sb_watch_handler sb_broker_watch_handler(sb_broker *b);
 
 #endif

@@ -21,6 +21,9 @@ struct sb_http_req {
     sb_http_response resp;
     sb_http_done_fn done;
     void *ud;
+    sb_http_chunk_fn on_chunk; /* streams a 2xx body when set */
+    void *chunk_ud;
+    bool reader_stopped; /* on_chunk asked to end the transfer */
     int64_t started_us;
     char errbuf[CURL_ERROR_SIZE];
     sb_http_req *next;                /* on the pending list */
@@ -82,11 +85,29 @@ static struct timer heap_pop(sb_http *h)
     return top;
 }
 
+/* A streamed answer's body goes to its reader; the status is known by
+ * the time the first body byte arrives. */
+static bool streams(sb_http_req *req)
+{
+    long status = 0;
+
+    if (!req->on_chunk)
+        return false;
+    curl_easy_getinfo(req->easy, CURLINFO_RESPONSE_CODE, &status);
+    return status >= 200 && status < 300;
+}
+
 static size_t on_body(char *data, size_t size, size_t nmemb, void *ud)
 {
     sb_http_req *req = ud;
     size_t n = size * nmemb;
 
+    if (streams(req)) {
+        if (req->on_chunk(data, n, req->chunk_ud))
+            return n;
+        req->reader_stopped = true;
+        return 0; /* curl fails the transfer with CURLE_WRITE_ERROR */
+    }
     req->resp.body.max = req->max_body;
     if (sb_buf_append(&req->resp.body, data, n) != SB_OK)
         return 0; /* curl fails the transfer with CURLE_WRITE_ERROR */
@@ -182,6 +203,12 @@ void sb_http_req_max_body(sb_http_req *req, size_t max)
     req->max_body = max;
 }
 
+void sb_http_req_stream(sb_http_req *req, sb_http_chunk_fn on_chunk, void *ud)
+{
+    req->on_chunk = on_chunk;
+    req->chunk_ud = ud;
+}
+
 void sb_http_req_tls(sb_http_req *req, const char *ca_file, const char *cert_file,
                      const char *key_file)
 {
@@ -260,7 +287,8 @@ static void finish_transfer(sb_http *h, CURLMsg *msg)
         req->resp.status = 0;
         req->resp.detail = req->errbuf[0] ? req->errbuf : curl_easy_strerror(msg->data.result);
         if (msg->data.result == CURLE_WRITE_ERROR)
-            req->resp.detail = "response body over its size limit";
+            req->resp.detail = req->reader_stopped ? "the stream was ended by its reader"
+                                                   : "response body over its size limit";
         sb_buf_reset(&req->resp.body);
     }
     complete(h, req);

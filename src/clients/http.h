@@ -30,6 +30,11 @@ typedef struct sb_http_response {
  * the body out (struct copy, then zero the original) to keep it. */
 typedef void (*sb_http_done_fn)(sb_http_response *resp, void *ud);
 
+/* Called on the loop thread with each piece of a streamed body as it
+ * arrives. Return false to end the transfer there (it then completes with
+ * SB_E_UPSTREAM and the detail "the stream was ended by its reader"). */
+typedef bool (*sb_http_chunk_fn)(const void *data, size_t len, void *ud);
+
 /* A function run on the loop thread (timers, work handed over). */
 typedef void (*sb_http_task_fn)(void *ud);
 
@@ -57,6 +62,12 @@ void sb_http_req_timeout(sb_http_req *req, int timeout_ms);
 /* Largest body accepted; a longer answer fails with SB_E_UPSTREAM. Default
  * SB_MAX_UPSTREAM_BODY. */
 void sb_http_req_max_body(sb_http_req *req, size_t max);
+
+/* Streams the body of a 2xx answer to on_chunk as it arrives, for answers
+ * that do not end (a Kubernetes watch); the response's body then stays
+ * empty. An answer with another status is collected as usual, so the done
+ * callback can read why. The timeout still bounds the whole transfer. */
+void sb_http_req_stream(sb_http_req *req, sb_http_chunk_fn on_chunk, void *ud);
 
 /* TLS trust and client credentials, as file paths; NULL keeps the default
  * (system CA bundle, no client certificate). */

@@ -49,6 +49,7 @@ struct call {
     char *impersonate;
     sb_secret *bearer;
     char *request_id;
+    sb_kube_opts opts; /* opts.accept owned */
     sb_kube_done_fn done;
     void *ud;
     bool retried;
@@ -324,6 +325,7 @@ static void call_free(struct call *c)
     free(c->impersonate);
     sb_secret_unref(c->bearer);
     free(c->request_id);
+    free((char *)c->opts.accept);
     free(c);
 }
 
@@ -366,9 +368,11 @@ static void call_submit(struct call *c)
 
     free(url);
     token_refresh(&k->tok, sb_clock_mono_ms(), false);
-    sb_http_req_timeout(req, k->timeout_ms);
+    sb_http_req_timeout(req, c->opts.timeout_ms ? c->opts.timeout_ms : k->timeout_ms);
     sb_http_req_tls(req, k->ca_file, k->cert_file, k->key_file);
-    sb_http_req_header(req, "Accept", "application/json");
+    sb_http_req_header(req, "Accept", c->opts.accept ? c->opts.accept : "application/json");
+    if (c->opts.on_chunk)
+        sb_http_req_stream(req, c->opts.on_chunk, c->opts.chunk_ud);
     sb_http_req_header(req, "User-Agent", USER_AGENT);
     if (c->request_id)
         sb_http_req_header(req, "Audit-ID", c->request_id);
@@ -407,7 +411,7 @@ static void on_response(sb_http_response *resp, void *ud)
     res.err = resp->err != SB_OK ? resp->err : map_status(resp->status);
     if (resp->err == SB_OK && res.err != SB_OK)
         res.detail = "the API server refused the request";
-    if (res.err == SB_OK &&
+    if (res.err == SB_OK && !c->opts.on_chunk &&
         sb_json_parse(resp->body.data, resp->body.len, SB_MAX_UPSTREAM_BODY, &res.json) != SB_OK) {
         res.err = SB_E_UPSTREAM;
         res.detail = "the API server's answer is not JSON";
@@ -420,7 +424,19 @@ static void on_response(sb_http_response *resp, void *ud)
 void sb_kube_call(sb_kube *k, const char *method, const char *path, const char *body,
                   const sb_kube_as *as, const char *request_id, sb_kube_done_fn done, void *ud)
 {
+    sb_kube_call_ex(k, method, path, body, as, NULL, request_id, done, ud);
+}
+
+void sb_kube_call_ex(sb_kube *k, const char *method, const char *path, const char *body,
+                     const sb_kube_as *as, const sb_kube_opts *opts, const char *request_id,
+                     sb_kube_done_fn done, void *ud)
+{
     struct call *c = sb_xcalloc(1, sizeof(*c));
+
+    if (opts) {
+        c->opts = *opts;
+        c->opts.accept = opts->accept ? sb_xstrdup(opts->accept) : NULL;
+    }
 
     c->k = k;
     c->method = sb_xstrdup(method);

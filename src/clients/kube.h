@@ -79,4 +79,18 @@ void sb_kube_review_token(sb_kube *k, const sb_secret *token, const char *audien
 void sb_kube_call(sb_kube *k, const char *method, const char *path, const char *body,
                   const sb_kube_as *as, const char *request_id, sb_kube_done_fn done, void *ud);
 
+/* What sb_kube_call_ex adds to sb_kube_call. Zero means the default. */
+typedef struct sb_kube_opts {
+    const char *accept;        /* Accept header; default application/json */
+    int timeout_ms;            /* whole call; default K8S_TIMEOUT_SECONDS */
+    sb_http_chunk_fn on_chunk; /* stream a 2xx body here (res->json is then NULL) */
+    void *chunk_ud;
+} sb_kube_opts;
+
+/* sb_kube_call with options: another representation (the metadata-only
+ * PartialObjectMetadata forms) or a streamed answer (a watch). */
+void sb_kube_call_ex(sb_kube *k, const char *method, const char *path, const char *body,
+                     const sb_kube_as *as, const sb_kube_opts *opts, const char *request_id,
+                     sb_kube_done_fn done, void *ud);
+
 #endif

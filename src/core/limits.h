@@ -62,7 +62,8 @@
 /* Watch streams (CACHE_INVALIDATION=watch): one event is one object's
  * metadata; a Secret object is at most about 1 MiB (etcd's request limit),
  * and annotations can carry most of it. */
-#define SB_MAX_WATCH_EVENT (2 * 1024 * 1024)
+#define SB_MAX_WATCH_EVENT      (2 * 1024 * 1024)
+#define SB_MAX_RESOURCE_VERSION 128 /* opaque, but etcd revisions are decimal numbers */
 
 /* Logging: user-controlled text is cut to this many bytes in log lines. */
 #define SB_MAX_LOG_FIELD 512
