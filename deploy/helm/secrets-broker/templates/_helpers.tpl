@@ -53,21 +53,24 @@ credentials. IPv4 blocks are checked by arithmetic; an IPv6 block may not be
 {{- $prefix := atoi (index $parts 1) -}}
 {{- if contains ":" (index $parts 0) -}}
 {{- if eq $prefix 0 -}}
-{{- fail (printf "networkPolicy: %q admits every address; list the API server and endpoint addresses" $cidr) -}}
+{{- fail (printf "networkPolicy: %q admits every address; list the actual ones" $cidr) -}}
 {{- end -}}
 {{- else -}}
 {{- $o := splitList "." (index $parts 0) -}}
 {{- if or (ne (len $o) 4) (gt $prefix 32) -}}
 {{- fail (printf "networkPolicy: %q is not an IPv4 CIDR block" $cidr) -}}
 {{- end -}}
-{{- $addr := add (mul (atoi (index $o 0)) 16777216) (mul (atoi (index $o 1)) 65536) (mul (atoi (index $o 2)) 256) (atoi (index $o 3)) -}}
+{{- $addr := 0 -}}
+{{- range $o -}}
+{{- $addr = add (mul $addr 256) (atoi .) -}}
+{{- end -}}
 {{- $imds := add (mul 169 16777216) (mul 254 65536) (mul 169 256) 254 -}}
 {{- $size := 1 -}}
 {{- range until (sub 32 $prefix | int) -}}
 {{- $size = mul $size 2 -}}
 {{- end -}}
 {{- if eq (div $addr $size) (div $imds $size) -}}
-{{- fail (printf "networkPolicy: %q contains 169.254.169.254, the instance metadata service" $cidr) -}}
+{{- fail (printf "networkPolicy: %q contains 169.254.169.254 (instance metadata)" $cidr) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
