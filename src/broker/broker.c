@@ -478,7 +478,8 @@ static void fetch_from(sb_broker_req *req, size_t backend)
 
 /* A refresh within the caller's budget bypasses the value cache; over it,
  * the request is answered like a plain read, from the cache when it can be
- * (docs/caching.md). Weighed once per request. */
+ * (docs/architecture.md, "Caching and authorization"). Weighed once per
+ * request. */
 static void settle_refresh(sb_broker_req *req, int64_t now)
 {
     sb_broker *b = req->priv.b;

@@ -6,7 +6,7 @@ drop what it cached; and while the watch is down the TTL still bounds
 staleness.
 
 The broker runs as its own ServiceAccount with the extra RBAC the watch
-needs (list and watch on secrets, docs/caching.md), behind a fault proxy
+needs (list and watch on secrets, docs/identity-and-rbac.md), behind a fault proxy
 this module can cut."""
 import json
 import ssl
