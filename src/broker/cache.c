@@ -54,7 +54,7 @@ struct sb_cache {
 struct key {
     char bytes[KEY_MAX];
     size_t len;
-    size_t secret_len;
+    size_t name_len;
 };
 
 static void make_key(struct key *out, const sb_cache_key *k)
@@ -71,14 +71,14 @@ static void make_key(struct key *out, const sb_cache_key *k)
         pos += n;
         out->bytes[pos++] = '\0';
         if (i == 1)
-            out->secret_len = pos - 1;
+            out->name_len = pos - 1;
     }
     out->len = pos;
 }
 
 static struct shard *shard_of(sb_cache *c, const struct key *k)
 {
-    return &c->shards[sb_hash(k->bytes + 1, k->secret_len) & (c->nshards - 1)];
+    return &c->shards[sb_hash(k->bytes + 1, k->name_len) & (c->nshards - 1)];
 }
 
 /* The map's free callback: runs with the shard locked. */
@@ -267,17 +267,17 @@ void sb_cache_put_absent(sb_cache *c, const sb_cache_key *key, int64_t now)
     store(c, key, NULL, c->negative_ttl_ms, now);
 }
 
-struct secret_match {
-    const char *secret; /* "<ns>\0<name>\0" */
+struct name_match {
+    const char *ns_name; /* "<ns>\0<name>\0": names, not secret material */
     size_t len;
 };
 
-static bool matches_secret(const void *key, size_t klen, void *value, void *ud)
+static bool matches_name(const void *key, size_t klen, void *value, void *ud)
 {
-    const struct secret_match *m = ud;
+    const struct name_match *m = ud;
 
     /* Past the backend byte: the namespace and name, each with its NUL. */
-    return klen > m->len && !memcmp((const char *)key + 1, m->secret, m->len);
+    return klen > m->len && !memcmp((const char *)key + 1, m->ns_name, m->len);
 }
 
 size_t sb_cache_evict_secret(sb_cache *c, const char *ns, const char *name)
@@ -286,10 +286,10 @@ size_t sb_cache_evict_secret(sb_cache *c, const char *ns, const char *name)
     struct key k;
 
     make_key(&k, &ck);
-    struct secret_match m = {k.bytes + 1, k.secret_len};
+    struct name_match m = {k.bytes + 1, k.name_len};
     struct shard *s = shard_of(c, &k);
     pthread_mutex_lock(&s->lock);
-    size_t n = sb_lru_remove_if(s->map, matches_secret, &m);
+    size_t n = sb_lru_remove_if(s->map, matches_name, &m);
     unlock_and_reap(s);
     return n;
 }
