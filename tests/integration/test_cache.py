@@ -50,6 +50,7 @@ def audit_for(broker, request_id):
     return [r for r in broker.audit_records() if r.get("request_id") == request_id]
 
 
+@pytest.mark.asan
 def test_cross_tenant_read_is_refused_and_no_cache_hit_counted(
         start_broker, make_ns, make_caller, kube_admin, canaries):
     ns1, other = make_ns("ns1"), make_ns("tenant-b")
@@ -115,6 +116,7 @@ def test_revocation_takes_effect_within_the_allow_ttl(
     assert all(s == 403 for t, s in statuses if t >= first_403), statuses
 
 
+@pytest.mark.asan
 def test_concurrent_misses_make_one_read_and_a_denied_waiter_gets_403(
         start_broker, ns, make_ns, make_caller, kube, kube_admin, kube_proxy, canaries):
     a = make_caller(ns, "a")

@@ -138,6 +138,7 @@ def test_changed_secret_is_served_within_a_second(watch_broker, watch_proxy, ns,
         assert "as=PartialObjectMetadata" in rec.header("accept"), rec.header("accept")
 
 
+@pytest.mark.asan
 def test_cut_watch_resumes_from_its_version_and_drops_a_deleted_secret(
         watch_broker, watch_proxy, ns, make_caller, kube_admin, canaries):
     v1 = canaries.make("watch-deleted")

@@ -21,6 +21,7 @@ static sb_authz *authz_with(int allow_ms, int deny_ms)
     sb_config cfg;
 
     sb_config_defaults(&cfg);
+    sb_config_free(&cfg); /* numbers only from here */
     cfg.authz_allow_ttl_ms = allow_ms;
     cfg.authz_deny_ttl_ms = deny_ms;
     return sb_authz_new(&cfg, NULL);
@@ -34,6 +35,7 @@ static void test_defaults_are_the_design_maxima(void **state)
     sb_config cfg;
 
     sb_config_defaults(&cfg);
+    sb_config_free(&cfg); /* numbers only from here */
     assert_int_equal(cfg.authz_allow_ttl_ms, 30000);
     assert_int_equal(cfg.authz_deny_ttl_ms, 5000);
 }
@@ -110,6 +112,7 @@ static void test_own_namespace_mode(void **state)
     sb_config cfg;
 
     sb_config_defaults(&cfg);
+    sb_config_free(&cfg); /* numbers only from here */
     cfg.auth_mode = SB_AUTH_OWN_NAMESPACE;
     sb_authz *a = sb_authz_new(&cfg, NULL);
     assert_int_equal(sb_authz_lookup(a, &alice, "shop", "db", 0), SB_DECISION_ALLOW);

@@ -27,6 +27,7 @@ static sb_config small_config(size_t entries, size_t bytes)
     sb_config cfg;
 
     sb_config_defaults(&cfg);
+    sb_config_free(&cfg); /* the cache reads numbers only */
     cfg.cache_max_entries = entries;
     cfg.cache_max_bytes = bytes;
     cfg.cache_ttl_ms = TTL;
