@@ -693,6 +693,48 @@ def test_broker_with_the_charts_environment_and_rbac_serves_one_secret(
         stop_cleanly(broker)
 
 
+def test_callers_bound_per_namespace_limit_whom_the_broker_can_act_for(kube, kube_admin,
+                                                                        renderer, canaries):
+    """rbac.callers.namespaces (docs/security.md): the broker may read as a
+    ServiceAccount of a listed namespace, and not as one of another, even
+    when RBAC grants both the secret."""
+    tag = uuid.uuid4().hex[:6]
+    home, listed, other = (f"t-deploy-{n}-{tag}" for n in ("home", "listed", "other"))
+    for ns in (home, listed, other):
+        kube_admin.create_namespace(ns)
+    docs = renderer.chart(release=f"sbns-{tag}", namespace=home,
+                          sets=[f"rbac.callers.namespaces={{{listed}}}"])
+    rbac = [d for d in docs if d["kind"] in ("ServiceAccount", "ClusterRole",
+                                              "ClusterRoleBinding", "RoleBinding")]
+    kube.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(rbac))
+    try:
+        sa = broker_container(docs)[0]["spec"]["template"]["spec"]["serviceAccountName"]
+        token, _ = kube_admin.token_request(home, sa)
+        as_broker = kube.client_for_token(token)
+        for ns in (listed, other):
+            kube_admin.create_service_account(ns, "app")
+            kube_admin.create_secret(ns, "db", string_data={"k": canaries.make("deploy-ns")})
+            kube_admin.grant_secret_read(ns, "app", ["db"])
+
+        def read(ns):
+            path = f"/api/v1/namespaces/{ns}/secrets/db"
+            return as_broker.request("GET", path, impersonate=(ns, "app")).status_code
+
+        deadline = time.monotonic() + 15
+        while read(listed) != 200:
+            assert time.monotonic() < deadline, "the per-namespace binding never took effect"
+            time.sleep(0.2)
+        assert read(other) == 403
+        as_broker.close()
+    finally:
+        for d in rbac:
+            if d["kind"] in CLUSTER_SCOPED:
+                kube.kubectl("delete", d["kind"].lower(), d["metadata"]["name"],
+                             "--ignore-not-found", check=False)
+        for ns in (home, listed, other):
+            kube_admin.delete_namespace(ns)
+
+
 # The image's runtime file set.
 
 def runtime_dir(binary, dest, without_glibc=False):
