@@ -38,7 +38,7 @@ from harness.broker import Broker
 from harness.kube import sa_username
 from harness.net import LOOPBACK, free_port
 from harness.pki import SERVER_AUTH
-from harness.procs import StartupError
+from harness.procs import Proc, StartupError
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -124,8 +124,7 @@ def renderer(kube, peers_bin, tmp_path_factory):
 
 
 def find(docs, kind, name=None):
-    hits = [d for d in docs if d["kind"] == kind and name in (None, d["metadata"]["name"])]
-    return hits
+    return [d for d in docs if d["kind"] == kind and name in (None, d["metadata"]["name"])]
 
 
 def one(docs, kind, name=None):
@@ -836,7 +835,6 @@ class ContainedBroker(Broker):
         self.argv = argv
 
     def start(self, wait=True, timeout=None):
-        from harness.procs import Proc
         self.log_dir.mkdir(parents=True, exist_ok=True)
         (self.log_dir / "env.txt").write_text(
             "".join(f"{k}={v}\n" for k, v in sorted(self.env.items())))
