@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "core/alloc.h"
@@ -45,6 +46,7 @@ struct sb_audit {
     bool is_socket;       /* write with send(MSG_NOSIGNAL) */
     bool torn;            /* the sink ends in a partial line */
     bool stalled;         /* the last write timed out on a full pipe */
+    int last_err;         /* errno of the last failed write; 0 after a success */
     uint64_t seq;         /* last number handed out; under lock, so no atomic needed */
 
     atomic_bool healthy;
@@ -432,6 +434,7 @@ static int write_record(sb_audit *a, line *l, const char *ts)
     err = a->fd < 0 ? EBADF : write_all(a, l->data + start, l->len - start);
 
     /* Health follows the last write in sink order, so it is set here. */
+    a->last_err = err;
     if (err)
         atomic_store(&a->why, describe(err));
     atomic_store(&a->healthy, err == 0);
@@ -481,6 +484,11 @@ sb_err sb_audit_reopen(sb_audit *a)
     a->is_socket = false; /* open(2) cannot open a socket */
     a->torn = false;
     a->stalled = false;
+    a->last_err = 0;
+    /* A fresh sink is presumed good: "fix the cause, then SIGHUP" must
+     * bring /readyz back without waiting for traffic that, with the pod
+     * out of the Service, would never come. */
+    atomic_store(&a->healthy, true);
     pthread_mutex_unlock(&a->lock);
 
     if (old_owned && old >= 0)
@@ -488,13 +496,46 @@ sb_err sb_audit_reopen(sb_audit *a)
     return SB_OK;
 }
 
-bool sb_audit_healthy(const sb_audit *a, const char **why)
+/* Whether a sink whose last write failed could take a record now. Only
+ * causes that heal by themselves are probed: a pipe or socket whose
+ * reader caught up, a file whose file system has room again. Called
+ * under a->lock. */
+static bool sink_has_room(const sb_audit *a)
 {
-    bool ok = atomic_load(&a->healthy);
+    struct pollfd pfd = {.fd = a->fd, .events = POLLOUT};
+    struct statvfs vfs;
+    struct stat st;
 
-    if (!ok && why)
+    if (a->fd < 0 || fstat(a->fd, &st) != 0)
+        return false;
+    if (a->last_err == EAGAIN)
+        return poll(&pfd, 1, 0) == 1 && pfd.revents == POLLOUT;
+    /* Regular files only: /dev/full reports ENOSPC on a file system
+     * with room. */
+    if (a->last_err == ENOSPC && S_ISREG(st.st_mode))
+        return fstatvfs(a->fd, &vfs) == 0 && vfs.f_bavail > 0;
+    return false;
+}
+
+bool sb_audit_healthy(sb_audit *a, const char **why)
+{
+    bool room = false;
+
+    if (atomic_load(&a->healthy))
+        return true;
+
+    /* A writer holding the lock will settle the question itself. */
+    if (pthread_mutex_trylock(&a->lock) == 0) {
+        room = sink_has_room(a);
+        if (room) {
+            a->stalled = false; /* the next write may wait again */
+            atomic_store(&a->healthy, true);
+        }
+        pthread_mutex_unlock(&a->lock);
+    }
+    if (!room && why)
         *why = atomic_load(&a->why);
-    return ok;
+    return room;
 }
 
 sb_err sb_audit_flush(sb_audit *a)

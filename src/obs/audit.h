@@ -137,15 +137,22 @@ SB_MUST_CHECK sb_err sb_audit_write(sb_audit *a, const sb_audit_record *rec);
  * audit.log.1`, then SIGHUP): later records go to the new file, records
  * written before go to the renamed one, none is lost or duplicated. On
  * failure (SB_E_IO) the old file stays in use. Also the way to retry
- * after the file became unwritable. Stdout and disabled logs: SB_OK, no-op.
+ * after the file became unwritable: on success the log counts as healthy
+ * again until a write says otherwise. Stdout and disabled logs: SB_OK,
+ * no-op.
  * Any thread, concurrently with writers; not async-signal-safe, so a
  * SIGHUP handler sets a flag and a normal thread calls this. */
 SB_MUST_CHECK sb_err sb_audit_reopen(sb_audit *a);
 
-/* False after a write failed, until a later write succeeds; *why (when
- * why is not NULL) is then a short static description for /readyz. A
- * disabled log is always healthy. Any thread; lock-free. */
-bool sb_audit_healthy(const sb_audit *a, const char **why);
+/* For /readyz: false after a write failed, with *why (when why is not
+ * NULL) a short static description, until the sink could take records
+ * again: a later write succeeded, a reopen succeeded, or a probe finds
+ * that the cause went away by itself (a stalled pipe or socket accepts
+ * bytes again; a file that hit ENOSPC has free blocks again). Other
+ * causes (EIO, a closed pipe, a device like /dev/full) need a write or a
+ * reopen. A disabled log is always healthy. Any thread; lock-free while
+ * healthy, a non-blocking try of the writers' lock otherwise. */
+bool sb_audit_healthy(sb_audit *a, const char **why);
 
 /* Asks the kernel to put written records on disk (fdatasync), for
  * shutdown. SB_E_IO when it reports an error. No-op for pipes, sockets,
