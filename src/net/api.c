@@ -191,13 +191,17 @@ static enum MHD_Result send_answer(sb_api_req *r, int status, struct MHD_Respons
                                    const char *reason)
 {
     const sb_server_deps *deps = sb_server_deps_of(r->srv);
+    sb_err audited = audit(r, status, reason);
 
-    if (audit(r, status, reason) != SB_OK && !deps->cfg->audit_fail_open) {
+    if (audited != SB_OK && !deps->cfg->audit_fail_open) {
         MHD_destroy_response(resp);
         SB_ERROR("audit", r->request_id, "audit record not written; answering 503");
         r->close_after = true;
         return queue_error(r, SB_E_AUDIT, "the audit log cannot be written");
     }
+    /* Fail-open (AUDIT_FAILURE_MODE=open): this line is the only trace. */
+    if (audited != SB_OK)
+        SB_ERROR("audit", r->request_id, "audit record not written; answering %d anyway", status);
     r->phase = PHASE_DONE;
     sb_metrics_request(r->endpoint, status, sb_clock_mono_us() - r->start_us);
     SB_DEBUG("api", r->request_id, "%s answered %d", r->method, status);
@@ -526,8 +530,13 @@ static enum MHD_Result final_call(sb_api_req *r)
     const sb_server_deps *deps = sb_server_deps_of(r->srv);
     const char *why = NULL;
 
-    if (r->early_err != SB_OK)
+    if (r->early_err != SB_OK) {
+        /* The refusal's audit record still names a verified caller: who
+         * sends malformed requests is worth knowing. */
+        if (deps->tls && sb_server_identity(r->conn, &r->caller, &why) == SB_OK)
+            r->identified = true;
         return respond_error(r, r->early_err, r->early_why, -1);
+    }
 
     /* No identity, no further: nothing below runs for an unknown caller.
      * Without mTLS (deps->tls NULL) a bearer token is the only identity. */
