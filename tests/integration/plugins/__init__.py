@@ -1,0 +1,1 @@
+"""pytest plugins of the integration tests, registered in pytest.ini."""
