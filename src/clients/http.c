@@ -460,8 +460,10 @@ void sb_http_call_at(sb_http *h, int64_t due_ms, sb_http_task_fn fn, void *ud)
     pthread_mutex_lock(&h->lock);
     heap_push(h, (struct timer){.due_ms = due_ms, .fn = fn, .ud = ud});
     pthread_mutex_unlock(&h->lock);
-    if (!sb_http_on_loop(h))
-        curl_multi_wakeup(h->multi);
+    /* From the loop too: the poll that follows a completion callback was
+     * sized before the callback added this timer, and would sleep past it
+     * (up to a second) unless woken. */
+    curl_multi_wakeup(h->multi);
 }
 
 int sb_http_inflight(const sb_http *h)
