@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "backend/aws.h"
 #include "backend/file.h"
 #include "backend/k8s.h"
 #include "broker/broker.h"
@@ -159,11 +160,14 @@ static sb_err build_backends(struct app *a, char *err, size_t errlen)
         case SB_BACKEND_FILE:
             a->backends[i] = sb_file_backend_new(cfg->file_backend_dir);
             break;
-        case SB_BACKEND_AWS:
-            snprintf(err, errlen,
-                     "SECRETS_BACKEND: the aws-secrets-manager backend is not "
-                     "available in this build");
-            return SB_E_CONFIG;
+        case SB_BACKEND_AWS: {
+            /* The AWS SDKs' own variables, read as the configuration was. */
+            sb_env_lookup env = cfg->dev_mode ? dev_lookup : env_lookup;
+            sb_err rc = sb_aws_backend_new(cfg, a->http, env, &a->backends[i], err, errlen);
+            if (rc != SB_OK)
+                return rc;
+            break;
+        }
         }
     }
     return SB_OK;
