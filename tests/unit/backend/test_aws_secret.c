@@ -1,7 +1,7 @@
-/* Tests of src/backend/aws: the secret id template, the response mapping
- * of DESIGN.md section 5, the error classes, and the retry arithmetic with
- * the clock and the random draw passed in. */
-#include "backend/aws.h"
+/* Tests of src/backend/aws_secret: the secret id template, the response
+ * mapping of DESIGN.md section 5, the error classes, and the retry
+ * arithmetic with the clock and the random draw passed in. */
+#include "backend/aws_secret.h"
 
 #include <setjmp.h>
 #include <stdarg.h>
