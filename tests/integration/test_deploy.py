@@ -478,15 +478,16 @@ def test_examples_name_what_the_manifests_use(renderer):
 class Install:
     """The chart's RBAC applied for real in a fresh namespace, the example
     client's ServiceAccount and Roles in another, its secret and a second
-    one, and the certificates the examples would issue."""
+    one, and the certificates the examples would issue. `sets` are chart
+    values; "{client_ns}" in them names the client's namespace."""
 
-    def __init__(self, kube, renderer, pki, canaries, work):
-        self.kube, self.admin, self.pki = kube, kube.admin, pki
-        self.work = Path(work)
+    def __init__(self, kube, renderer, pki, canaries, sets=()):
+        self.kube, self.admin, self.pki, self.canaries = kube, kube.admin, pki, canaries
         tag = uuid.uuid4().hex[:6]
         self.ns, self.client_ns = f"t-deploy-sb-{tag}", f"t-deploy-client-{tag}"
         self.release = f"sbit-{tag}"
-        self.docs = renderer.chart(release=self.release, namespace=self.ns)
+        self.docs = renderer.chart(release=self.release, namespace=self.ns,
+                                   sets=[v.format(client_ns=self.client_ns) for v in sets])
         self.deploy, self.container = broker_container(self.docs)
         self.env = env_of(self.container)
         self.sa = self.deploy["spec"]["template"]["spec"]["serviceAccountName"]
@@ -500,14 +501,14 @@ class Install:
 
     def setup(self):
         self.admin.create_namespace(self.ns, RESTRICTED)
+        client_ns = one(self.client, "Namespace")
+        self.admin.create_namespace(self.client_ns, client_ns["metadata"]["labels"])
         rbac = [d for d in self.docs if d["kind"] in
                 ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")]
         self.cluster_objects = [(d["kind"], d["metadata"]["name"]) for d in rbac
                                 if d["kind"] in CLUSTER_SCOPED]
         self.apply(rbac)
 
-        client_ns = one(self.client, "Namespace")
-        self.admin.create_namespace(self.client_ns, client_ns["metadata"]["labels"])
         objs = [d for d in self.client if d["kind"] in
                 ("ServiceAccount", "Role", "RoleBinding")]
         self.apply(rewrite_into(objs, self.client_ns))
@@ -584,8 +585,8 @@ class Install:
 
 
 @pytest.fixture(scope="module")
-def install(kube, renderer, pki, canaries, tmp_path_factory):
-    inst = Install(kube, renderer, pki, canaries, tmp_path_factory.mktemp("deploy"))
+def install(kube, renderer, pki, canaries):
+    inst = Install(kube, renderer, pki, canaries)
     try:
         yield inst.setup()
     finally:
@@ -611,7 +612,7 @@ def curl_as_client(inst, broker_port, client_dir, args=None):
     """The example's readiness command, run here: its certificate paths point
     at the client's files and the Service name resolves to the broker."""
     command = list(args or inst.probe)
-    host, port, *_ = probe_url(command)
+    host, port = re.match(r"https://([^/:]+):(\d+)/", command[-1]).groups()
     command = [a.replace(SPIFFE_DIR, str(client_dir)) for a in command]
     command[1:1] = ["--connect-to", f"{host}:{port}:{LOOPBACK}:{broker_port}"]
     return subprocess.run(command, capture_output=True, timeout=30,
@@ -676,20 +677,77 @@ def stop_cleanly(broker):
 def test_broker_with_the_charts_environment_and_rbac_serves_one_secret(
         install, kube_audit, run, log_dir, broker_binary, tmp_path):
     inst = install
-    files = inst.files(tmp_path / "pod")
-    mounts = {m: tmp_path / "pod" / m.lstrip("/") for m in files}
-    env = map_paths(inst.env, mounts)
-    env["K8S_SERVICEACCOUNT_DIR"] = str(mounts[SA_DIR])  # the default path, mapped
-    port, ops_port = free_port(), free_port()
-    env.update(inst.runtime_env(port, ops_port))
-
-    broker = Broker(broker_binary, env, log_dir / "broker" / "test-deploy-chart-env", run,
-                    inst.pki.ca_bundle)
-    start(broker)
+    broker, port = start_from_chart(inst, run, log_dir, broker_binary, tmp_path,
+                                    "test-deploy-chart-env")
     try:
         check_one_secret_only(inst, broker, port, kube_audit, tmp_path)
     finally:
         stop_cleanly(broker)
+
+
+def start_from_chart(inst, run, log_dir, broker_binary, work, name):
+    """The broker with the chart's environment, paths mapped into work."""
+    files = inst.files(Path(work) / "pod")
+    mounts = {m: Path(work) / "pod" / m.lstrip("/") for m in files}
+    env = map_paths(inst.env, mounts)
+    env["K8S_SERVICEACCOUNT_DIR"] = str(mounts[SA_DIR])  # the default path, mapped
+    port, ops_port = free_port(), free_port()
+    env.update(inst.runtime_env(port, ops_port))
+    broker = Broker(broker_binary, env, log_dir / "broker" / name, run, inst.pki.ca_bundle)
+    start(broker)
+    return broker, port
+
+
+@pytest.mark.skipif(shutil.which("curl") is None,
+                    reason="needs curl (Debian package curl) to run the client's readiness command")
+@pytest.mark.parametrize("scope", ["cluster", "central-namespace"])
+def test_charts_watch_rbac_is_enough_for_the_watch(kube, renderer, pki, canaries, kube_audit,
+                                                   run, log_dir, broker_binary, tmp_path,
+                                                   scope):
+    """cacheInvalidation.watch: with exactly the chart's RBAC (cluster-wide,
+    or a RoleBinding in config.namespace) the watch runs, so a changed
+    Secret is served at once although the value cache keeps it 300 s."""
+    sets = ["cacheInvalidation.watch.enabled=true"]
+    if scope == "central-namespace":
+        sets.append("config.namespace={client_ns}")
+    inst = Install(kube, renderer, pki, canaries, sets)
+    try:
+        inst.setup()
+        assert inst.env["CACHE_INVALIDATION"] == "watch"
+        broker, port = start_from_chart(inst, run, log_dir, broker_binary, tmp_path,
+                                        f"test-deploy-watch-{scope}")
+        try:
+            cdir = client_dir(inst, tmp_path)
+            whole = inst.probe[:-1] + ["--write-out", "\n%{http_code}",
+                                       inst.probe[-1].rsplit("/", 1)[0]]
+            whole = [a for a in whole if a not in ("--output", "/dev/null")]
+
+            def read():
+                out = curl_as_client(inst, port, cdir, whole)
+                body, _, code = out.stdout.decode().rpartition("\n")
+                assert code == "200", (code, out.stderr)
+                doc = json.loads(body)
+                return doc["data"][inst.key], doc["cache_hit"]
+
+            # Reads are cached once the watch has made its first list (which
+            # drops whatever was cached before it).
+            deadline = time.monotonic() + 5
+            while read() != (inst.value, True):
+                assert time.monotonic() < deadline, "the value was never served from the cache"
+                time.sleep(0.1)
+            changed = canaries.make("deploy-db-changed")
+            kube.admin.replace_secret(inst.client_ns, inst.secret,
+                                      string_data={inst.key: changed})
+            deadline = time.monotonic() + 5
+            while read()[0] != changed:
+                assert time.monotonic() < deadline, "the watch did not evict the changed secret"
+                time.sleep(0.1)
+            errors = [r for r in broker.log_records() if r.get("level") == "error"]
+            assert not errors, errors
+        finally:
+            stop_cleanly(broker)
+    finally:
+        inst.teardown()
 
 
 def test_callers_bound_per_namespace_limit_whom_the_broker_can_act_for(kube, kube_admin,
