@@ -481,12 +481,12 @@ class Install:
     one, and the certificates the examples would issue. `sets` are chart
     values; "{client_ns}" in them names the client's namespace."""
 
-    def __init__(self, kube, renderer, pki, canaries, sets=()):
+    def __init__(self, kube, renderer, pki, canaries, sets=(), values=None):
         self.kube, self.admin, self.pki, self.canaries = kube, kube.admin, pki, canaries
         tag = uuid.uuid4().hex[:6]
         self.ns, self.client_ns = f"t-deploy-sb-{tag}", f"t-deploy-client-{tag}"
         self.release = f"sbit-{tag}"
-        self.docs = renderer.chart(release=self.release, namespace=self.ns,
+        self.docs = renderer.chart(release=self.release, namespace=self.ns, values=values,
                                    sets=[v.format(client_ns=self.client_ns) for v in sets])
         self.deploy, self.container = broker_container(self.docs)
         self.env = env_of(self.container)
@@ -499,7 +499,8 @@ class Install:
         self.other_value = canaries.make("deploy-other")
         self.cert = one(example_docs("cert-manager-certificate.yaml"), "Certificate")
 
-    def setup(self):
+    def setup(self, k8s_secrets=True):
+        """k8s_secrets=False leaves the two secrets to the caller (AWS)."""
         self.admin.create_namespace(self.ns, RESTRICTED)
         client_ns = one(self.client, "Namespace")
         self.admin.create_namespace(self.client_ns, client_ns["metadata"]["labels"])
@@ -513,10 +514,11 @@ class Install:
                 ("ServiceAccount", "Role", "RoleBinding")]
         self.apply(rewrite_into(objs, self.client_ns))
         self.client_sa = one(self.client, "ServiceAccount")["metadata"]["name"]
-        self.admin.create_secret(self.client_ns, self.secret,
-                                 string_data={self.key: self.value})
-        self.admin.create_secret(self.client_ns, "other",
-                                 string_data={self.key: self.other_value})
+        if k8s_secrets:
+            self.admin.create_secret(self.client_ns, self.secret,
+                                     string_data={self.key: self.value})
+            self.admin.create_secret(self.client_ns, "other",
+                                     string_data={self.key: self.other_value})
 
         self.token, _ = self.admin.token_request(self.ns, self.sa, expiration_seconds=3600)
         self.server_cert = self.pki.mint("deploy-server", dns=self.cert["spec"]["dnsNames"],
@@ -530,12 +532,13 @@ class Install:
 
     def wait_rbac(self, timeout=15):
         """Until the chart's ServiceAccount can read the secret as the client
-        (the broker's very call), so a slow authorizer cache is not a 403."""
+        (the broker's very call; 404 when it is not in Kubernetes), so a
+        slow authorizer cache is not a 403."""
         as_broker = self.kube.client_for_token(self.token)
         path = f"/api/v1/namespaces/{self.client_ns}/secrets/{self.secret}"
         deadline = time.monotonic() + timeout
         while as_broker.request("GET", path, impersonate=(self.client_ns, self.client_sa)
-                                ).status_code != 200:
+                                ).status_code not in (200, 404):
             assert time.monotonic() < deadline, "the chart's RBAC never took effect"
             time.sleep(0.2)
         as_broker.close()
@@ -571,6 +574,21 @@ class Install:
                 if os.geteuid() == 0:
                     os.chown(d / name, 0, NONROOT)
         return out
+
+    def irsa_env(self, role_arn, work):
+        """What the EKS pod identity webhook adds for the annotated
+        ServiceAccount: the role, a projected token for STS (here from the
+        real TokenRequest API), the regional STS setting."""
+        assert self.env.get("AWS_REGION"), "the eks rendering sets AWS_REGION"
+        annotations = one(self.docs, "ServiceAccount")["metadata"]["annotations"]
+        assert annotations["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
+        token, _ = self.admin.token_request(self.ns, self.sa, ["sts.amazonaws.com"], 3600)
+        path = Path(work) / "eks.amazonaws.com" / "token"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(token)
+        return {"AWS_ROLE_ARN": role_arn, "AWS_WEB_IDENTITY_TOKEN_FILE": str(path),
+                "AWS_STS_REGIONAL_ENDPOINTS": "regional",
+                "AWS_DEFAULT_REGION": self.env["AWS_REGION"]}
 
     def runtime_env(self, port, ops_port):
         """What the container runtime adds or maps: the kubelet's
@@ -685,14 +703,16 @@ def test_broker_with_the_charts_environment_and_rbac_serves_one_secret(
         stop_cleanly(broker)
 
 
-def start_from_chart(inst, run, log_dir, broker_binary, work, name):
-    """The broker with the chart's environment, paths mapped into work."""
+def start_from_chart(inst, run, log_dir, broker_binary, work, name, extra=None):
+    """The broker with the chart's environment, paths mapped into work;
+    extra: what the platform adds (IRSA)."""
     files = inst.files(Path(work) / "pod")
     mounts = {m: Path(work) / "pod" / m.lstrip("/") for m in files}
     env = map_paths(inst.env, mounts)
     env["K8S_SERVICEACCOUNT_DIR"] = str(mounts[SA_DIR])  # the default path, mapped
     port, ops_port = free_port(), free_port()
     env.update(inst.runtime_env(port, ops_port))
+    env.update(extra or {})
     broker = Broker(broker_binary, env, log_dir / "broker" / name, run, inst.pki.ca_bundle)
     start(broker)
     return broker, port
@@ -744,6 +764,54 @@ def test_charts_watch_rbac_is_enough_for_the_watch(kube, renderer, pki, canaries
                 time.sleep(0.1)
             errors = [r for r in broker.log_records() if r.get("level") == "error"]
             assert not errors, errors
+        finally:
+            stop_cleanly(broker)
+    finally:
+        inst.teardown()
+
+
+@pytest.mark.skipif(shutil.which("curl") is None,
+                    reason="needs curl (Debian package curl) to run the client's readiness command")
+def test_eks_rendering_reads_aws_through_irsa(kube, renderer, pki, canaries, aws, run,
+                                              log_dir, broker_binary, tmp_path):
+    """The eks values (the same as deploy/overlays/eks): with what the IRSA
+    webhook injects, and the VPC endpoints' private DNS standing in as
+    endpoint URLs (moto), the client reads its AWS-only secret through the
+    broker and is refused another, which AWS is never asked for."""
+    inst = Install(kube, renderer, pki, canaries, values="eks")
+    try:
+        inst.setup(k8s_secrets=False)
+        assert inst.env["SECRETS_BACKEND"] == "k8s,aws-secrets-manager"
+        prefix = inst.env["AWS_SECRETS_MANAGER_PREFIX"]
+        aws.create_secret(aws.secret_id(inst.client_ns, inst.secret, prefix),
+                          {inst.key: inst.value})
+        aws.create_secret(aws.secret_id(inst.client_ns, "other", prefix),
+                          {inst.key: inst.other_value})
+        extra = inst.irsa_env(aws.create_role(), tmp_path)
+        extra.update({"AWS_ENDPOINT_URL_SECRETS_MANAGER": aws.url,
+                      "AWS_ENDPOINT_URL_STS": aws.url})
+
+        mark = aws.proxy.mark()
+        aws.allow_unsigned(1)  # the broker's first moto call is its STS call
+        broker, port = start_from_chart(inst, run, log_dir, broker_binary, tmp_path,
+                                        "test-deploy-eks", extra)
+        try:
+            cdir = client_dir(inst, tmp_path)
+            body = tmp_path / "value"
+            fetch = [str(body) if a == "/dev/null" else a for a in inst.probe]
+            out = curl_as_client(inst, port, cdir, fetch)
+            assert out.returncode == 0, out.stderr
+            assert body.read_text() == inst.value
+            other = fetch[:-1] + ["--write-out", "%{http_code}",
+                                  fetch[-1].replace(f"/{inst.secret}/", "/other/")]
+            out = curl_as_client(inst, port, cdir, other)
+            assert out.returncode == 22 and out.stdout.decode().endswith("403"), out
+
+            assert aws.proxy.count(since=mark, action="AssumeRoleWithWebIdentity") == 1
+            gets = aws.proxy.requests(since=mark, action="GetSecretValue")
+            assert len(gets) == 1 and gets[0].status == 200
+            audit = [r for r in broker.log_records() if "decision" in r and "seq" in r]
+            assert audit[0]["response"]["backend"] == "aws-secrets-manager"
         finally:
             stop_cleanly(broker)
     finally:
