@@ -11,7 +11,7 @@ reqs="$root/tests/integration/requirements.txt"
 python=/usr/bin/python3
 
 # clang-format and cppcheck run in tools/lint/run.sh.
-pkgs=(python3 python3-venv ca-certificates openssl clang-format cppcheck)
+pkgs=(python3 python3-venv ca-certificates openssl clang-format cppcheck curl util-linux mount coreutils)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
