@@ -212,8 +212,13 @@ void sb_http_req_stream(sb_http_req *req, sb_http_chunk_fn on_chunk, void *ud)
 void sb_http_req_tls(sb_http_req *req, const char *ca_file, const char *cert_file,
                      const char *key_file)
 {
-    if (ca_file)
+    /* A CA file given is the whole trust: without clearing CAPATH, libcurl
+     * (GnuTLS) also trusts the system's certificate directory, and loading
+     * it costs every connection's first handshake about 7 MB of memory. */
+    if (ca_file) {
         curl_easy_setopt(req->easy, CURLOPT_CAINFO, ca_file);
+        curl_easy_setopt(req->easy, CURLOPT_CAPATH, NULL);
+    }
     if (cert_file)
         curl_easy_setopt(req->easy, CURLOPT_SSLCERT, cert_file);
     if (key_file)

@@ -70,7 +70,8 @@ void sb_http_req_max_body(sb_http_req *req, size_t max);
 void sb_http_req_stream(sb_http_req *req, sb_http_chunk_fn on_chunk, void *ud);
 
 /* TLS trust and client credentials, as file paths; NULL keeps the default
- * (system CA bundle, no client certificate). */
+ * (system CA bundle, no client certificate). A CA file given is the only
+ * trust: the system's certificates are not consulted then. */
 void sb_http_req_tls(sb_http_req *req, const char *ca_file, const char *cert_file,
                      const char *key_file);
 
