@@ -1,18 +1,21 @@
-/* jansson set-up and helpers (see json.h). The wiping allocator keeps the
- * block size in a small header so free knows how much to wipe. */
+/* jansson set-up and helpers (see json.h). jansson's memory comes from the
+ * secret arena (core/secmem): parsed upstream answers hold secret values,
+ * which belong out of core dumps like any other secret bytes, and keeping
+ * the parsers' short-lived blocks out of the malloc heap spares the
+ * long-lived cache entries its fragmentation. A small header keeps each
+ * block's size, which the arena needs back on free. */
 #include "core/json.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/alloc.h"
-#include "core/secret.h"
+#include "core/secmem.h"
 
 #define HEADER 16 /* keeps jansson's blocks 16-byte aligned */
 
 static void *json_alloc(size_t size)
 {
-    unsigned char *p = sb_xmalloc(size + HEADER);
+    unsigned char *p = sb_secmem_alloc(size + HEADER);
     memcpy(p, &size, sizeof(size));
     return p + HEADER;
 }
@@ -24,8 +27,7 @@ static void json_release(void *ptr)
     unsigned char *p = (unsigned char *)ptr - HEADER;
     size_t size;
     memcpy(&size, p, sizeof(size));
-    sb_wipe(p, size + HEADER);
-    free(p);
+    sb_secmem_free(p, size + HEADER); /* wipes */
 }
 
 void sb_json_init(void)
