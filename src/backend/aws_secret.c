@@ -3,6 +3,7 @@
 #include "backend/aws_secret.h"
 
 #include <gnutls/gnutls.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -94,9 +95,14 @@ const char *sb_aws_prefix_problem(const char *prefix)
     return strlen(prefix) > SB_MAX_AWS_SECRET_ID / 2 ? "too long" : NULL;
 }
 
-/* The shortest decimal text that reads back as the same double. */
+/* The shortest decimal text that reads back as the same double; whole
+ * numbers without an exponent (1e3 is "1000"). */
 static void real_text(double d, char *out, size_t outlen)
 {
+    if (d == (double)(int64_t)d && d > -9007199254740992.0 && d < 9007199254740992.0) {
+        snprintf(out, outlen, "%" PRId64, (int64_t)d);
+        return;
+    }
     for (int prec = 1; prec <= 17; prec++) {
         snprintf(out, outlen, "%.*g", prec, d);
         if (strtod(out, NULL) == d)

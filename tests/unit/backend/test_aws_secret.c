@@ -84,13 +84,14 @@ static void test_flat_json_string(void **state)
         doc_of("{\"Name\":\"secrets-broker/shop/db\",\"VersionId\":\"v-1\",\"VersionStages\":"
                "[\"AWSCURRENT\"],\"SecretString\":\"{\\\"user\\\":\\\"app\\\",\\\"port\\\":5432,"
                "\\\"ratio\\\":1.5,\\\"tls\\\":true,\\\"old\\\":false,\\\"note\\\":null,"
-               "\\\"pi\\\":0.1,\\\"big\\\":-9007199254740993}\"}");
+               "\\\"pi\\\":0.1,\\\"big\\\":-9007199254740993,\\\"k\\\":1e3,"
+               "\\\"half\\\":2.50,\\\"tiny\\\":1e-7}\"}");
 
     assert_non_null(doc);
     assert_int_equal(doc->backend, SB_BACKEND_AWS);
     assert_string_equal(doc->version, "v-1");
     assert_false(doc->binary_only);
-    assert_int_equal(doc->count, 8);
+    assert_int_equal(doc->count, 11);
     expect_item(doc, "user", "app", 3);
     expect_item(doc, "port", "5432", 4);
     expect_item(doc, "ratio", "1.5", 3);
@@ -99,6 +100,9 @@ static void test_flat_json_string(void **state)
     expect_item(doc, "old", "false", 5);
     expect_item(doc, "note", "null", 4);
     expect_item(doc, "big", "-9007199254740993", 17);
+    expect_item(doc, "k", "1000", 4);
+    expect_item(doc, "half", "2.5", 3);
+    expect_item(doc, "tiny", "1e-07", 5);
     sb_doc_unref(doc);
 }
 
