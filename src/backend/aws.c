@@ -56,6 +56,7 @@ struct call {
     bool renewed;        /* the key was renewed once after ExpiredToken */
     uint64_t key_serial; /* the key the last attempt was signed with */
     int64_t deadline_ms; /* the earliest of its ops' */
+    int retry_after_s;   /* what AWS's last answer asked for; -1 when nothing */
     struct call *prev, *next;
 };
 
@@ -120,6 +121,7 @@ static struct call *call_new(struct aws_backend *ab, struct op *ops, bool batch)
     call->batch = batch;
     call->ops = ops;
     call->deadline_ms = INT64_MAX;
+    call->retry_after_s = -1;
     for (struct op *op = ops; op; op = op->next) {
         if (op->deadline_ms < call->deadline_ms)
             call->deadline_ms = op->deadline_ms;
@@ -147,11 +149,16 @@ static struct op *call_end(struct call *call)
     return ops;
 }
 
+/* Fails every op of the call, passing on the delay AWS asked for. */
 static void call_fail(struct call *call, sb_err err, const char *detail)
 {
+    int retry_after_s = call->retry_after_s;
+
     for (struct op *op = call_end(call), *next; op; op = next) {
+        sb_fetch_result res = {.err = err, .detail = detail, .retry_after_s = retry_after_s};
         next = op->next;
-        op_finish(op, err, detail, NULL);
+        op->done(&res, op->ud);
+        op_free(op);
     }
 }
 
@@ -318,6 +325,7 @@ static void on_response(sb_http_response *resp, void *ud)
         return;
     }
     log_failure(ab, call, code, &o);
+    call->retry_after_s = resp->retry_after_s;
     call_fail(call, o.err, o.detail);
 }
 
