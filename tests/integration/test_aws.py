@@ -187,6 +187,32 @@ def test_caller_without_rbac_gets_403_and_aws_is_never_asked(
     assert sm_calls(aws, mark) == []
 
 
+def test_aws_alone_is_authorized_by_a_subject_access_review_first(
+        start_broker, aws, broker_identity, kube_admin, kube_audit, ns, make_caller, canaries):
+    """With AWS the only backend no read is made as the caller: a
+    SubjectAccessReview for the caller on secrets/<name> comes before any
+    AWS call, and a denial means no AWS call at all."""
+    reader, other = make_caller(ns, "reader"), make_caller(ns, "other")
+    value = canaries.make("only-in-aws")
+    aws.create_secret(aws.secret_id(ns, "api-key"), {"v": value})
+    reader.grant("api-key")
+    wait_granted(kube_admin, ns, "reader", "api-key")
+    broker = start_broker(env={"SECRETS_BACKEND": "aws-secrets-manager"})
+    audit_mark, mark = kube_audit.mark(), aws.proxy.mark()
+
+    denied = other.client(broker).secret("api-key")
+    assert denied.status == 403, denied
+    assert sm_calls(aws, mark) == []
+    allowed = reader.client(broker).secret("api-key")
+    assert allowed.status == 200 and allowed.json()["data"] == {"v": value}, allowed
+    assert len(sm_calls(aws, mark)) == 1
+
+    reviews = kube_audit.events(since=audit_mark, verb="create",
+                                resource="subjectaccessreviews", user=broker_identity.username)
+    assert {e["auditID"] for e in reviews} == {denied.request_id, allowed.request_id}
+    assert kube_audit.count(since=audit_mark, resource="secrets") == 0
+
+
 def test_kubernetes_secret_shadows_the_aws_one(
         broker, aws, kube_admin, ns, make_caller, canaries):
     app = make_caller(ns)
