@@ -72,9 +72,11 @@ def watch_identity(kube, broker_identity, run):
 
 
 @pytest.fixture
-def watch_broker(start_broker, watch_identity, watch_proxy):
-    def start(env=None):
-        kubeconfig = watch_identity(watch_proxy.url)
+def watch_broker(start_broker, watch_identity, watch_proxy, kube):
+    """start(env=None, direct=False): a broker watching through the proxy
+    (HTTP/1.1), or straight to the API server (HTTP/2) when direct."""
+    def start(env=None, direct=False):
+        kubeconfig = watch_identity(kube.server if direct else watch_proxy.url)
         return start_broker(env={**K8S_WATCH, "KUBECONFIG": str(kubeconfig), **(env or {})},
                             kube=None, aws=False)
     return start
@@ -136,6 +138,26 @@ def test_changed_secret_is_served_within_a_second(watch_broker, watch_proxy, ns,
     # PartialObjectMetadata representations.
     for rec in watching(watch_proxy, mark) + lists(watch_proxy, mark):
         assert "as=PartialObjectMetadata" in rec.header("accept"), rec.header("accept")
+
+
+def test_watch_over_http2_straight_to_the_api_server(watch_broker, ns, make_caller, kube,
+                                                      kube_admin, canaries):
+    v1, v2, v3 = (canaries.make(f"h2-v{i}") for i in (1, 2, 3))
+    a = setup_secret(ns, make_caller, kube_admin, v1)
+    mark = kube.audit.mark()
+    broker = watch_broker({"CACHE_TTL_SECONDS": "300"}, direct=True)
+    assert eventually(lambda: kube.audit.count(since=mark, verb="watch", resource="secrets",
+                                               stage="ResponseStarted") >= 1)
+    client = a.client(broker)
+    assert value_of(client.secret("db")) == v1
+    for new in (v2, v3):  # the stream stays open across events
+        kube_admin.replace_secret(ns, "db", string_data={"password": new})
+        changed = time.monotonic()
+        assert eventually(lambda: value_of(client.secret("db")) == new, timeout=5.0)
+        assert time.monotonic() - changed <= 1.0
+    watches = kube.audit.events(since=mark, verb="watch", resource="secrets",
+                                stage="ResponseStarted")
+    assert len(watches) == 1, "the watch reconnected between events"
 
 
 @pytest.mark.asan
