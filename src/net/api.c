@@ -132,7 +132,8 @@ static void fill_items(const sb_api_req *r, sb_audit_item *items)
             .backend = backend_of(b),
             .cache_hit = b->cache_hit,
             .decision = audit_decision(b->decision),
-            .reason = b->reason,
+            /* As for single requests: an error's code, else the broker's note. */
+            .reason = b->err != SB_OK ? sb_err_code(b->err) : b->reason,
         };
     }
 }
