@@ -188,3 +188,24 @@ def test_refresh_bypasses_the_cache_within_a_budget(
     (rec,) = audit_for(broker, r3.request_id)
     assert rec["reason"] == "refresh_limited"
     assert len(kube.audit.secret_reads(ns, "db", since=mark)) == 2
+
+
+def test_a_cache_hit_without_a_fresh_decision_asks_the_api_server_first(
+        start_broker, ns, make_caller, kube, kube_admin, canaries):
+    a = make_caller(ns, "a")
+    value = canaries.make("renewed-db")
+    kube_admin.create_secret(ns, "db", string_data={"password": value})
+    a.grant("db")
+    wait_rbac(kube_admin, a, ns, "db")
+    broker = start_broker(env={**K8S_ONLY, "AUTHZ_ALLOW_TTL_SECONDS": "1",
+                               "CACHE_TTL_SECONDS": "300"}, aws=False)
+    client = a.client(broker)
+    assert password(client.secret("db")) == value
+    time.sleep(1.2)  # the allow has expired; the value has not
+
+    mark = kube.audit.mark()
+    r = client.secret("db")
+    assert password(r) == value and r.json()["cache_hit"] is True
+    reviews = kube.audit.events(since=mark, verb="create", resource="subjectaccessreviews")
+    assert len(reviews) == 1 and reviews[0]["auditID"] == r.request_id
+    assert kube.audit.secret_reads(ns, "db", since=mark) == []
