@@ -209,3 +209,26 @@ def test_a_cache_hit_without_a_fresh_decision_asks_the_api_server_first(
     reviews = kube.audit.events(since=mark, verb="create", resource="subjectaccessreviews")
     assert len(reviews) == 1 and reviews[0]["auditID"] == r.request_id
     assert kube.audit.secret_reads(ns, "db", since=mark) == []
+
+
+def test_not_found_is_cached_briefly_and_only_told_to_allowed_callers(
+        start_broker, ns, make_ns, make_caller, kube, kube_admin):
+    a = make_caller(ns, "a")
+    b = make_caller(make_ns("other"), "b")
+    a.grant("ghost")  # RBAC may name a secret that does not exist
+    wait_rbac(kube_admin, a, ns, "ghost")
+    broker = start_broker(env={**K8S_ONLY, "CACHE_NEGATIVE_TTL_SECONDS": "2"}, aws=False)
+    ca, cb = a.client(broker), b.client(broker)
+
+    mark = kube.audit.mark()
+    storm = [ca.secret("ghost").status for _ in range(20)]
+    assert storm == [404] * 20
+    assert len(kube.audit.secret_reads(ns, "ghost", since=mark)) == 1
+    # Authorization before existence: B is refused, not told it is missing.
+    assert cb.secret("ghost", namespace=ns).status == 403
+    # B's refusal is B's: A is still answered.
+    assert ca.secret("ghost").status == 404
+
+    time.sleep(2.2)  # past the negative TTL: asked again
+    assert ca.secret("ghost").status == 404
+    assert len(kube.audit.secret_reads(ns, "ghost", since=mark)) == 2
