@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 import rawhttp
@@ -758,6 +759,18 @@ def test_docs_name_every_metric_and_audit_field(reader):
     stated = re.search(r"(\d+) `secrets_broker_\*` series", docs)
     assert stated and int(stated.group(1)) == len(ours)
 
+    # The example alert rules and the dashboard query only what is exported.
+    samples = {n for (n, _) in broker.metrics()}
+    rules = yaml.safe_load(re.search(r"```yaml\n(apiVersion: monitoring.*?)```", docs,
+                                     re.S).group(1))
+    exprs = [rule["expr"] for group in rules["spec"]["groups"] for rule in group["rules"]]
+    exprs += _dashboard_exprs(json.loads((REPO / "docs/grafana-dashboard.json").read_text()))
+    assert len(exprs) > 30
+    for expr in exprs:
+        assert expr.count("(") == expr.count(")"), expr
+        for name in re.findall(r"\b(?:secrets_broker|process)_[a-z_]+", expr):
+            assert name in samples, f"{name} in {expr!r} is not exported"
+
     fields = re.findall(r"^\| `([a-z_.\[\]]+)`", docs, re.M)
     for rec in broker.audit_records():
         for key, val in rec.items():
@@ -770,6 +783,15 @@ def test_docs_name_every_metric_and_audit_field(reader):
                     assert f"`{item_key}`" in docs
             else:
                 assert key in fields, key
+
+
+def _dashboard_exprs(node):
+    if isinstance(node, dict):
+        own = [node["expr"]] if isinstance(node.get("expr"), str) else []
+        return own + [e for v in node.values() for e in _dashboard_exprs(v)]
+    if isinstance(node, list):
+        return [e for v in node for e in _dashboard_exprs(v)]
+    return []
 
 
 def test_outputs_reach_the_canary_scan(reader, log_dir):
