@@ -232,3 +232,21 @@ def test_not_found_is_cached_briefly_and_only_told_to_allowed_callers(
     time.sleep(2.2)  # past the negative TTL: asked again
     assert ca.secret("ghost").status == 404
     assert len(kube.audit.secret_reads(ns, "ghost", since=mark)) == 2
+
+
+def test_cache_enabled_false_reads_every_time(start_broker, ns, make_caller, kube, kube_admin,
+                                              canaries):
+    a = make_caller(ns, "a")
+    value = canaries.make("uncached-db")
+    kube_admin.create_secret(ns, "db", string_data={"password": value})
+    a.grant("db")
+    wait_rbac(kube_admin, a, ns, "db")
+    broker = start_broker(env={**K8S_ONLY, "CACHE_ENABLED": "false"}, aws=False)
+    client = a.client(broker)
+
+    mark = kube.audit.mark()
+    for _ in range(3):
+        r = client.secret("db")
+        assert password(r) == value and r.json()["cache_hit"] is False
+    assert len(kube.audit.secret_reads(ns, "db", since=mark)) == 3
+    assert counter(broker, "secrets_broker_cache_entries") == 0
