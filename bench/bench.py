@@ -102,12 +102,12 @@ class Broker:
     """The broker on the file backend: WORKERS=1, cache, audit log and
     metrics on, TLS 1.3 with a required client certificate."""
 
-    name = "broker"
-
-    def __init__(self, binary, work, pki, secrets_dir, extra_env=None):
-        self.binary, self.work, self.pki = binary, work, pki
+    def __init__(self, binary, work, pki, secrets_dir, extra_env=None, name="broker",
+                 wrapper=()):
+        self.binary, self.work, self.pki, self.name = binary, work, pki, name
+        self.wrapper = list(wrapper)  # e.g. valgrind and its options
         self.port, self.ops_port = free_port(), free_port()
-        self.audit = work / "broker-audit.log"
+        self.audit = work / f"{name}-audit.log"
         self.env = {
             "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "TZ": "UTC",
             "SECRETS_BACKEND": "file", "FILE_BACKEND_DIR": str(secrets_dir),
@@ -122,10 +122,10 @@ class Broker:
         self.proc = None
 
     def start(self, wait=True):
-        argv = ["taskset", "-c", SERVER_CPU, str(self.binary)]
-        self.proc = Proc("broker", argv, self.env, self.work / "broker.log", cwd=self.work)
+        argv = ["taskset", "-c", SERVER_CPU, *self.wrapper, str(self.binary)]
+        self.proc = Proc(self.name, argv, self.env, self.work / f"{self.name}.log", cwd=self.work)
         if wait:
-            wait_for(self.ready, 20, "broker")
+            wait_for(self.ready, 60 if self.wrapper else 20, "broker")
         return self
 
     def ready(self):
@@ -403,6 +403,18 @@ def sum_mean(r):
     return r["conns"] / r["rps"] * 1e6 if r["rps"] else 0
 
 
+def compare(runs):
+    """--compare: medians of the two brokers, side by side."""
+    print("| workload | figure | broker | compare | compare/broker |\n|---|---|---:|---:|---:|")
+    for wl in WORKLOADS:
+        for field in ("rps", "cpu_us_per_req", "p50_us", "p99_us"):
+            a = [r[field] for r in runs if r["workload"] == wl and r["server"] == "broker"]
+            b = [r[field] for r in runs if r["workload"] == wl and r["server"] == "compare"]
+            if a and b:
+                ma, mb = statistics.median(a), statistics.median(b)
+                print(f"| {wl} | {field} | {ma:.1f} | {mb:.1f} | {mb / ma if ma else 0:.3f} |")
+
+
 def dev_pki(binary, work):
     """Development mode makes the PKI and the example secrets; it is started
     once for that and stopped."""
@@ -453,11 +465,16 @@ def main():
     ap.add_argument("--only", nargs="*", help="workloads to run (W1@1 W1@64 W3 W4 W5 W6)")
     ap.add_argument("--skip-w5", action="store_true", default=bool(os.environ.get("BENCH_SKIP_W5")))
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--broker", metavar="BINARY", help="the broker binary (default: BUILD's)")
+    ap.add_argument("--compare", metavar="BINARY",
+                    help="before/after: run W1-W4 against this other broker binary, not nginx")
     ap.add_argument("--crosscheck", action="store_true",
                     help="only compare loadgen with ab (ApacheBench) on both servers")
     args = ap.parse_args()
     build = (REPO / args.build).resolve() if not Path(args.build).is_absolute() else Path(args.build)
     args.binary, args.loadgen = build / "secrets-broker", build / "bench" / "loadgen"
+    if args.broker:
+        args.binary = Path(args.broker).resolve()
     only = set(args.only or [])
 
     work = Path(tempfile.mkdtemp(prefix="sb-bench."))
@@ -470,6 +487,12 @@ def main():
         broker = Broker(args.binary, work, pki, secrets_dir).start()
         servers.append(broker)
         body = fetch_body(lg, broker, pki)
+        if args.compare:
+            other = Broker(Path(args.compare).resolve(), work, pki, secrets_dir, name="compare")
+            servers.append(other.start())
+            fetch_body(lg, other, pki)
+            compare(interleaved(servers, lg, args.seconds, args.reps, only))
+            return
         nginx = Nginx(work, pki, body).start()
         servers.append(nginx)
         log(f"broker pid {broker.proc.pid} port {broker.port}; nginx worker {nginx.worker()} "
