@@ -231,10 +231,29 @@ static sb_err build(struct app *a, char *err, size_t errlen)
     return sb_server_start(&sd, &a->server, err, errlen);
 }
 
+/* Waits (up to limit_ms) until every request the servers started is
+ * answered. */
+static void wait_answered(sb_server *s, int limit_ms)
+{
+    struct timespec five_ms = {0, 5 * 1000 * 1000};
+
+    for (int waited = 0; sb_server_active(s) > 0 && waited < limit_ms; waited += 5)
+        nanosleep(&five_ms, NULL);
+}
+
 static void teardown(struct app *a)
 {
+    /* The order matters. No handler may hand work to the loop once it has
+     * stopped; stopping it completes every request still waiting on it
+     * (503), whose connections resume and answer; only then may the
+     * servers stop (libmicrohttpd aborts when a connection is still
+     * suspended). */
+    if (a->server)
+        sb_server_stop_work(a->server);
+    sb_http_stop(a->http);
+    if (a->server)
+        wait_answered(a->server, 2000);
     sb_server_stop(a->server);
-    sb_http_stop(a->http); /* ends loop callbacks before their targets go */
     sb_watch_free(a->watch);
     sb_broker_free(a->broker);
     sb_cache_free(a->cache);

@@ -427,6 +427,33 @@ static void cancel_all(sb_http *h)
     }
 }
 
+/* After the loop thread ended: fails what was submitted, cancels what was
+ * in flight and runs the timers, round after round, so every request a
+ * caller is waiting for completes (with SB_E_SHUTDOWN) before the caller
+ * tears down. Tasks that re-arm themselves end with the rounds. */
+static void drain(sb_http *h)
+{
+    for (int round = 0; round < 16; round++) {
+        pthread_mutex_lock(&h->lock);
+        sb_http_req *pending = h->pending;
+        struct timer *timers = h->timers;
+        size_t ntimers = h->ntimers;
+        h->pending = NULL;
+        h->timers = NULL;
+        h->ntimers = h->captimers = 0;
+        pthread_mutex_unlock(&h->lock);
+
+        bool idle = !pending && !ntimers && !h->active;
+        fail_all(h, reverse(pending), SB_E_SHUTDOWN, "shutting down");
+        cancel_all(h);
+        for (size_t i = 0; i < ntimers; i++)
+            timers[i].fn(timers[i].ud);
+        free(timers);
+        if (idle)
+            return;
+    }
+}
+
 void sb_http_stop(sb_http *h)
 {
     if (!h)
@@ -437,8 +464,8 @@ void sb_http_stop(sb_http *h)
     curl_multi_wakeup(h->multi);
     pthread_join(h->thread, NULL);
 
-    loop_self = h; /* callbacks of cancelled requests run on this thread now */
-    cancel_all(h);
+    loop_self = h; /* callbacks and tasks run on this thread now */
+    drain(h);
     loop_self = NULL;
     curl_multi_cleanup(h->multi);
     free(h->timers);

@@ -42,8 +42,11 @@ typedef void (*sb_http_task_fn)(void *ud);
  * the bound completes at once with SB_E_UNAVAILABLE. */
 SB_MUST_CHECK sb_err sb_http_start(int max_inflight, sb_http **out);
 
-/* Stops the thread, cancelling requests in flight (their callbacks run with
- * SB_E_SHUTDOWN) and dropping timers. Accepts NULL. Not from the loop. */
+/* Stops the thread, then completes everything outstanding on the calling
+ * thread: requests in flight or submitted meanwhile complete with
+ * SB_E_SHUTDOWN, pending timers run (for a bounded number of rounds, so a
+ * task that re-arms itself does not keep it going). Accepts NULL. Not from
+ * the loop. */
 void sb_http_stop(sb_http *h);
 
 /* A new request; method "GET", "POST"... url absolute. Any thread. */

@@ -610,6 +610,17 @@ static enum MHD_Result body_call(sb_api_req *r, const char *data, size_t *size)
     return MHD_YES;
 }
 
+/* Runs a step that may hand work to the http loop, unless the server is
+ * stopping (the loop may be gone): then the answer is 503. */
+static enum MHD_Result guarded(sb_api_req *r, enum MHD_Result (*step)(sb_api_req *))
+{
+    if (!sb_server_begin_work(r->srv))
+        return respond_error(r, SB_E_SHUTDOWN, "the broker is shutting down", 1);
+    enum MHD_Result rc = step(r);
+    sb_server_end_work(r->srv);
+    return rc;
+}
+
 enum MHD_Result sb_api_handle(sb_api_req *r, struct MHD_Connection *conn, const char *method,
                               const char *upload_data, size_t *upload_data_size)
 {
@@ -623,9 +634,9 @@ enum MHD_Result sb_api_handle(sb_api_req *r, struct MHD_Connection *conn, const 
     case PHASE_BODY:
         if (*upload_data_size)
             return body_call(r, upload_data, upload_data_size);
-        return final_call(r);
+        return guarded(r, final_call);
     case PHASE_IDENTIFYING:
-        return apply_token(r);
+        return guarded(r, apply_token);
     case PHASE_WAITING:
         return respond_results(r);
     case PHASE_DONE:

@@ -32,6 +32,7 @@ static const char *state_word(sb_server_state st)
     case SB_SERVER_SERVING:
         return "ok";
     case SB_SERVER_DRAINING:
+    case SB_SERVER_STOPPING:
         return "draining";
     }
     return "unknown";

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "core/alloc.h"
@@ -23,6 +24,7 @@ struct sb_server {
     struct MHD_Daemon *ops;
     atomic_int state;
     atomic_int active;
+    atomic_int working; /* handlers inside begin/end_work */
     sb_identity_opts id_opts;
 };
 
@@ -105,6 +107,32 @@ const sb_server_deps *sb_server_deps_of(const sb_server *s)
 void sb_server_set_state(sb_server *s, sb_server_state state)
 {
     atomic_store(&s->state, (int)state);
+}
+
+bool sb_server_begin_work(sb_server *s)
+{
+    /* Sequentially consistent on both sides: either the stopper sees this
+     * increment, or this thread sees the stopping state. */
+    atomic_fetch_add(&s->working, 1);
+    if (atomic_load(&s->state) == SB_SERVER_STOPPING) {
+        atomic_fetch_sub(&s->working, 1);
+        return false;
+    }
+    return true;
+}
+
+void sb_server_end_work(sb_server *s)
+{
+    atomic_fetch_sub(&s->working, 1);
+}
+
+void sb_server_stop_work(sb_server *s)
+{
+    struct timespec ms = {0, 1000 * 1000};
+
+    atomic_store(&s->state, SB_SERVER_STOPPING);
+    while (atomic_load(&s->working) > 0)
+        nanosleep(&ms, NULL);
 }
 
 sb_server_state sb_server_get_state(const sb_server *s)

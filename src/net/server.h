@@ -34,7 +34,8 @@ typedef struct sb_server_deps {
 typedef enum sb_server_state {
     SB_SERVER_STARTING,
     SB_SERVER_SERVING,
-    SB_SERVER_DRAINING,
+    SB_SERVER_DRAINING, /* SIGTERM: not ready, listener closed, still answering */
+    SB_SERVER_STOPPING, /* grace over: new requests get 503, nothing reaches the loop */
 } sb_server_state;
 
 /* Binds both ports and starts their threads. SB_E_CONFIG/SB_E_IO with one
@@ -53,6 +54,14 @@ int sb_server_active(const sb_server *s);
 void sb_server_stop(sb_server *s);
 
 void sb_server_set_state(sb_server *s, sb_server_state state);
+
+/* Request handlers bracket any work that may hand something to the http
+ * loop with begin/end; begin returns false once the server is stopping.
+ * sb_server_stop_work moves to SB_SERVER_STOPPING and waits until no
+ * handler is inside a bracket, so the loop can then be stopped safely. */
+bool sb_server_begin_work(sb_server *s);
+void sb_server_end_work(sb_server *s);
+void sb_server_stop_work(sb_server *s);
 sb_server_state sb_server_get_state(const sb_server *s);
 
 /* What net/api and net/ops use. */
