@@ -16,7 +16,8 @@ Saved next to each broker's stderr.log and audit.log:
 Secrets created through the harness (KubeClient.create_secret and
 replace_secret, AwsPeer.create_secret and put_secret_value) whose values
 carry no canary are listed in the terminal summary; SB_IT_STRICT_CANARIES=1
-makes the test that created one fail.
+makes the test that created one fail. Brokers started above debug level
+(the default, LOG_LEVEL=debug, logs the most) are listed too.
 
 Registered with `-p plugins.outputs` in pytest.ini. It wraps methods of the
 harness classes instead of changing them; nothing here starts a process.
@@ -38,6 +39,7 @@ from harness.canary import PREFIX
 _lock = threading.Lock()
 _dirs = {}           # API port -> the broker's log directory
 _uncanaried = []     # (test node id, where, secret)
+_quiet = []          # (test node id, level) of brokers started above debug
 _current = {"test": None}
 
 
@@ -87,6 +89,9 @@ def _broker_init(self, *args, **kw):
     _orig_init(self, *args, **kw)
     with _lock:
         _dirs[self.port] = self.log_dir
+    level = self.env.get("LOG_LEVEL", "info")
+    if level != "debug" and self.env.get("DEBUG_MODE") != "true":
+        _quiet.append((_current["test"], level))
 
 
 def _broker_ops_get(self, path):
@@ -233,8 +238,12 @@ def pytest_runtest_protocol(item, nextitem):
 
 
 def pytest_terminal_summary(terminalreporter):
-    if not _uncanaried:
-        return
-    terminalreporter.section("secrets created without a canary")
-    for test, where, name in sorted(set(_uncanaried), key=lambda t: (t[0] or "", t[2])):
-        terminalreporter.write_line(f"{test}: {where} {name}")
+    if _uncanaried:
+        terminalreporter.section("secrets created without a canary")
+        for test, where, name in sorted(set(_uncanaried), key=lambda t: (t[0] or "", t[2])):
+            terminalreporter.write_line(f"{test}: {where} {name}")
+    if _quiet:
+        # The canary scan is strongest at debug level, where the most is logged.
+        terminalreporter.section("brokers started above debug level")
+        for test, level in sorted(set(_quiet), key=lambda t: (t[0] or "", t[1])):
+            terminalreporter.write_line(f"{test}: LOG_LEVEL={level}")
