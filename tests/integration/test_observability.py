@@ -212,7 +212,7 @@ def test_one_valid_record_per_request_of_every_outcome(reader, make_caller, pki,
     by_id = {r["request_id"]: r for r in records}
     assert set(by_id) == set(sent)
 
-    serial = {"app": app.cert.cert.serial_number, "stranger": None}
+    serial = {"app": app.cert.cert.serial_number, "stranger": stranger.cert.cert.serial_number}
     seen = {label: [] for label in outcomes}
     for rid, label in sent.items():
         rec = by_id[rid]
@@ -228,8 +228,7 @@ def test_one_valid_record_per_request_of_every_outcome(reader, make_caller, pki,
         # names the caller, refusals before identification included.
         assert caller["namespace"] == ns and caller["identity_source"] == "spiffe"
         assert caller["service_account"] == ("stranger" if label == "denied" else "app")
-        if label != "denied":
-            assert int(caller["cert_serial"], 16) == serial["app"]
+        assert int(caller["cert_serial"], 16) == serial[caller["service_account"]]
         assert caller["pod"] is None and caller["pod_uid"] is None
 
     for rec in seen["read"] + seen["key"] + seen["missing"] + seen["denied"]:
