@@ -209,11 +209,10 @@ static enum MHD_Result send_answer(sb_api_req *r, int status, struct MHD_Respons
     return sb_server_queue(r->conn, status, resp, r->close_after);
 }
 
-/* An error answer without an audit record (used when auditing failed). */
-static enum MHD_Result queue_error(sb_api_req *r, sb_err err, const char *why)
+/* The error body and headers every error answer shares. */
+static struct MHD_Response *error_response(sb_api_req *r, sb_err err, const char *why)
 {
     sb_buf buf;
-    int status = sb_err_http_status(err);
 
     sb_buf_init(&buf, 4096);
     if (sb_render_error(&buf, err, why, r->request_id) != SB_OK)
@@ -221,6 +220,15 @@ static enum MHD_Result queue_error(sb_api_req *r, sb_err err, const char *why)
     struct MHD_Response *resp = sb_server_response_buf(&buf, JSON_TYPE, r->request_id);
     if (err == SB_E_METHOD)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, "GET, POST");
+    return resp;
+}
+
+/* An error answer without an audit record (used when auditing failed). */
+static enum MHD_Result queue_error(sb_api_req *r, sb_err err, const char *why)
+{
+    int status = sb_err_http_status(err);
+    struct MHD_Response *resp = error_response(r, err, why);
+
     r->phase = PHASE_DONE;
     sb_metrics_request(r->endpoint, status, sb_clock_mono_us() - r->start_us);
     return sb_server_queue(r->conn, status, resp, r->close_after);
@@ -228,16 +236,10 @@ static enum MHD_Result queue_error(sb_api_req *r, sb_err err, const char *why)
 
 static enum MHD_Result respond_error(sb_api_req *r, sb_err err, const char *why, int retry_after)
 {
-    sb_buf buf;
     char secs[16];
     int status = sb_err_http_status(err);
+    struct MHD_Response *resp = error_response(r, err, why);
 
-    sb_buf_init(&buf, 4096);
-    if (sb_render_error(&buf, err, why, r->request_id) != SB_OK)
-        sb_buf_reset(&buf);
-    struct MHD_Response *resp = sb_server_response_buf(&buf, JSON_TYPE, r->request_id);
-    if (err == SB_E_METHOD)
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, "GET, POST");
     if (retry_after >= 0 && (status == 429 || status == 503)) {
         snprintf(secs, sizeof(secs), "%d", retry_after);
         MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, secs);
