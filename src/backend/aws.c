@@ -20,6 +20,7 @@
 #include "core/json.h"
 #include "core/limits.h"
 #include "obs/log.h"
+#include "obs/metrics.h"
 
 #define LOG_TAG        "aws"
 #define USER_AGENT     "secrets-broker/" SB_VERSION
@@ -289,6 +290,7 @@ static void on_response(sb_http_response *resp, void *ud)
     if (resp->err == SB_OK && resp->status != 200)
         sb_aws_error_code(resp->body.data, resp->body.len, code);
     sb_aws_outcome o = sb_aws_classify(resp->err, resp->status, code);
+    sb_metrics_upstream(SB_BACKEND_AWS, o.err);
     if (o.err == SB_OK && call->batch) {
         deliver_batch(ab, call, &resp->body);
         return;

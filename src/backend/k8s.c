@@ -13,6 +13,7 @@
 #include "core/clock.h"
 #include "core/json.h"
 #include "core/limits.h"
+#include "obs/metrics.h"
 
 struct fetch_ctx;
 
@@ -111,6 +112,7 @@ static void on_secret(sb_kube_result *kr, void *ud)
     sb_fetch_result res = {
         .err = kr->err, .retry_after_s = kr->retry_after_s, .detail = kr->detail ? kr->detail : ""};
 
+    sb_metrics_upstream(SB_BACKEND_K8S, kr->err);
     /* The read was made as the caller: RBAC was evaluated before the
      * object was looked up, so 404 means allowed-but-absent. */
     if (kr->err == SB_OK || kr->err == SB_E_NOT_FOUND)

@@ -12,6 +12,7 @@
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/limits.h"
+#include "obs/metrics.h"
 
 struct sb_http_req {
     CURL *easy;
@@ -261,6 +262,7 @@ static void complete(sb_http *h, sb_http_req *req)
     req->resp.elapsed_us = sb_clock_mono_us() - req->started_us;
     req->done(&req->resp, req->ud);
     atomic_fetch_sub(&h->inflight, 1);
+    sb_metrics_gauge_add(SB_METRICS_INFLIGHT_CALLS, -1);
     req_free(req);
 }
 
@@ -479,6 +481,7 @@ void sb_http_submit(sb_http *h, sb_http_req *req, sb_http_done_fn done, void *ud
     req->ud = ud;
     req->started_us = sb_clock_mono_us();
     atomic_fetch_add(&h->inflight, 1);
+    sb_metrics_gauge_add(SB_METRICS_INFLIGHT_CALLS, 1);
 
     pthread_mutex_lock(&h->lock);
     req->next = h->pending;

@@ -299,22 +299,6 @@ static void read_server_settings(struct loader *ld, sb_config *cfg)
     read_secs(ld, "SHUTDOWN_GRACE_SECONDS", 0, 3600, &cfg->shutdown_grace_ms);
 }
 
-/* SPIFFE ID spec section 2.1: lower-case letters, digits, dots, dashes
- * and underscores. */
-static bool trust_domain_ok(const char *td)
-{
-    size_t n = strlen(td);
-
-    if (n == 0 || n > 255)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char c = td[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '-' || c == '_'))
-            return false;
-    }
-    return true;
-}
-
 static void check_rules(struct loader *ld, sb_config *cfg)
 {
     bool has_k8s = false, has_file = false;
@@ -345,7 +329,7 @@ static void check_rules(struct loader *ld, sb_config *cfg)
                  "(or INSECURE_DEVELOPMENT_MODE=true)");
     if (cfg->bearer != SB_BEARER_OFF && !has_k8s)
         fail(ld, "BEARER_TOKEN: token review needs the k8s backend in SECRETS_BACKEND");
-    if (!trust_domain_ok(cfg->trust_domain))
+    if (!sb_name_is_trust_domain(cfg->trust_domain, strlen(cfg->trust_domain)))
         fail(ld, "SPIFFE_TRUST_DOMAIN: \"%.70s\" is not a trust domain ([a-z0-9._-], at most 255)",
              cfg->trust_domain);
     if (cfg->audit_enabled && !cfg->audit_path)

@@ -58,3 +58,15 @@ bool sb_name_is_secret_key(const char *s, size_t len)
     }
     return true;
 }
+
+bool sb_name_is_trust_domain(const char *s, size_t len)
+{
+    if (len == 0 || len > SB_MAX_TRUST_DOMAIN)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '-' || c == '_'))
+            return false;
+    }
+    return true;
+}

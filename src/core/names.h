@@ -16,6 +16,10 @@ bool sb_name_is_subdomain(const char *s, size_t len);
  * Namespaces. */
 bool sb_name_is_label(const char *s, size_t len);
 
+/* SPIFFE trust domain (SPIFFE ID spec section 2.1): 1 to 255 of
+ * [a-z0-9._-]. */
+bool sb_name_is_trust_domain(const char *s, size_t len);
+
 /* Secret data key: at most 253 of [-._a-zA-Z0-9], and not "." or "..". */
 bool sb_name_is_secret_key(const char *s, size_t len);
 

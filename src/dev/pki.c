@@ -65,21 +65,6 @@ static bool join(char out[PATH_MAX], const char *dir, const char *name)
     return n > 0 && n < PATH_MAX;
 }
 
-/* SPIFFE ID spec section 2.1: [a-z0-9.-_], at most 255 bytes. */
-static bool valid_trust_domain(const char *td)
-{
-    size_t n = strlen(td);
-
-    if (n == 0 || n > SB_MAX_TRUST_DOMAIN)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char c = td[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '-' || c == '_'))
-            return false;
-    }
-    return true;
-}
-
 /* ---- Making certificates --------------------------------------------- */
 
 /* Fields every certificate here shares. RFC 5280 section 4.1.2.2: serials
@@ -345,7 +330,8 @@ sb_err sb_dev_pki_create(const char *dir, const char *trust_domain, const char *
     char uri[SB_MAX_SPIFFE_ID + 1];
     pki p = {0};
 
-    if (!valid_trust_domain(trust_domain) || !sb_name_is_label(client_ns, strlen(client_ns)) ||
+    if (!sb_name_is_trust_domain(trust_domain, strlen(trust_domain)) ||
+        !sb_name_is_label(client_ns, strlen(client_ns)) ||
         !sb_name_is_subdomain(client_sa, strlen(client_sa)))
         return fail(err, errlen, SB_E_CONFIG,
                     "development identity needs a trust domain of [a-z0-9.-_], a namespace "
