@@ -20,8 +20,8 @@ def k8s_broker(start_broker, mode):
 def test_allowed_caller_reads_whole_key_and_batch(k8s_broker, make_ns, make_caller,
                                                   kube_admin, canaries):
     ns = make_ns()
-    password = canaries.make("password")
-    kube_admin.create_secret(ns, "db", string_data={"user": "app", "password": password})
+    password, user = canaries.make("password"), canaries.make("user")
+    kube_admin.create_secret(ns, "db", string_data={"user": user, "password": password})
     app = make_caller(ns, "app")
     app.grant("db")
     c = app.client(k8s_broker)
@@ -31,7 +31,7 @@ def test_allowed_caller_reads_whole_key_and_batch(k8s_broker, make_ns, make_call
     body = r.json()
     assert body["name"] == "db" and body["namespace"] == ns
     assert body["backend"] == "kubernetes"
-    assert body["data"] == {"user": "app", "password": password}
+    assert body["data"] == {"user": user, "password": password}
     assert body["binary_data"] == {}
     assert body["version"]
     assert r.headers["X-Request-Id"]
@@ -44,7 +44,7 @@ def test_allowed_caller_reads_whole_key_and_batch(k8s_broker, make_ns, make_call
     r = c.batch([{"name": "db", "key": "user"}, {"name": "db"}])
     assert r.status == 200
     first, second = r.json()["results"]
-    assert first == {"name": "db", "namespace": ns, "key": "user", "status": 200, "value": "app"}
+    assert first == {"name": "db", "namespace": ns, "key": "user", "status": 200, "value": user}
     assert second["status"] == 200 and second["secret"]["data"]["password"] == password
 
 

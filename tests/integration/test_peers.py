@@ -62,10 +62,10 @@ def test_impersonated_read_needs_a_rolebinding(kube, kube_admin, broker_identity
 
 
 def test_impersonation_is_limited_to_the_named_secret(kube_admin, broker_identity, ns,
-                                                     make_caller):
+                                                     make_caller, canaries):
     app = make_caller(ns, "app")
-    kube_admin.create_secret(ns, "db", string_data={"k": "v"})
-    kube_admin.create_secret(ns, "other", string_data={"k": "v"})
+    kube_admin.create_secret(ns, "db", string_data={"k": canaries.make()})
+    kube_admin.create_secret(ns, "other", string_data={"k": canaries.make()})
     app.grant("db")
     as_broker = broker_identity.client
     path = f"/api/v1/namespaces/{ns}/secrets"
@@ -94,8 +94,9 @@ def test_token_request_and_review_round_trip(kube_admin, broker_identity, ns, ma
     assert not wrong.get("authenticated"), wrong
 
 
-def test_broker_serviceaccount_cannot_read_secrets(kube, kube_admin, broker_identity, ns):
-    kube_admin.create_secret(ns, "db", string_data={"k": "v"})
+def test_broker_serviceaccount_cannot_read_secrets(kube, kube_admin, broker_identity, ns,
+                                                   canaries):
+    kube_admin.create_secret(ns, "db", string_data={"k": canaries.make()})
     as_broker = broker_identity.client
     assert as_broker.request("GET", f"/api/v1/namespaces/{ns}/secrets/db").status_code == 403
     assert as_broker.request("GET", f"/api/v1/namespaces/{ns}/secrets").status_code == 403
@@ -138,10 +139,10 @@ def test_moto_checks_signatures(aws, canaries):
     assert error_code(err.value) == "InvalidClientTokenId"
 
 
-def test_moto_enforces_policies(aws):
+def test_moto_enforces_policies(aws, canaries):
     keys = aws.create_user(actions=["secretsmanager:DescribeSecret"])
     sid = f"sb-it/{uuid.uuid4().hex[:8]}/db"
-    aws.create_secret(sid, string="x")
+    aws.create_secret(sid, string=canaries.make())
     sm = aws.client("secretsmanager", keys=keys)
     assert sm.describe_secret(SecretId=sid)["Name"] == sid
     with pytest.raises(botocore.exceptions.ClientError) as err:
