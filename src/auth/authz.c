@@ -20,6 +20,7 @@
 
 struct decision {
     bool allowed;
+    int64_t decided_ms;
     int64_t expires_ms;
 };
 
@@ -50,6 +51,7 @@ struct sb_authz {
     bool own_namespace;
     int allow_ttl_ms;
     int deny_ttl_ms;
+    int stale_ms;    /* AUTHZ_STALE_IF_ERROR_SECONDS */
     sb_lru *pending; /* key -> struct review; loop thread only */
 };
 
@@ -85,6 +87,7 @@ sb_authz *sb_authz_new(const sb_config *cfg, sb_kube *kube)
     a->own_namespace = cfg->auth_mode == SB_AUTH_OWN_NAMESPACE;
     a->allow_ttl_ms = cfg->authz_allow_ttl_ms;
     a->deny_ttl_ms = cfg->authz_deny_ttl_ms;
+    a->stale_ms = cfg->authz_stale_ms;
     a->pending = sb_lru_new(SIZE_MAX, NULL);
     return a;
 }
@@ -132,8 +135,10 @@ void sb_authz_record(sb_authz *a, const sb_identity *id, const char *ns, const c
     size_t klen = make_key(key, id, ns, name);
     struct shard *s = shard_of(a, key, klen);
     /* A TTL of 0 caches nothing, but still drops an older decision: an
-     * upstream 403 must end a cached allow at once (DESIGN.md section 4). */
-    if (ttl <= 0) {
+     * upstream 403 must end a cached allow at once (DESIGN.md section 4).
+     * An allow is still kept, never fresh, when it may serve while the
+     * API server is down. */
+    if (ttl <= 0 && !(allowed && a->stale_ms > 0)) {
         pthread_mutex_lock(&s->lock);
         sb_lru_remove(s->map, key, klen);
         pthread_mutex_unlock(&s->lock);
@@ -141,7 +146,8 @@ void sb_authz_record(sb_authz *a, const sb_identity *id, const char *ns, const c
     }
 
     struct decision *d = sb_xmalloc(sizeof(*d));
-    *d = (struct decision){.allowed = allowed, .expires_ms = now + ttl};
+    *d = (struct decision){
+        .allowed = allowed, .decided_ms = now, .expires_ms = now + (ttl > 0 ? ttl : 0)};
     pthread_mutex_lock(&s->lock);
     sb_lru_put(s->map, key, klen, d);
     pthread_mutex_unlock(&s->lock);
@@ -158,24 +164,52 @@ void sb_authz_forget(sb_authz *a, const sb_identity *id, const char *ns, const c
     pthread_mutex_unlock(&s->lock);
 }
 
+bool sb_authz_allowed_if_error(sb_authz *a, const sb_identity *id, const char *ns, const char *name,
+                               int64_t now)
+{
+    char key[KEY_MAX];
+    bool out = false;
+
+    if (a->own_namespace)
+        return strcmp(id->ns, ns) == 0;
+
+    size_t klen = make_key(key, id, ns, name);
+    struct shard *s = shard_of(a, key, klen);
+    pthread_mutex_lock(&s->lock);
+    struct decision *d = sb_lru_get(s->map, key, klen);
+    if (d && d->allowed)
+        out = now < d->expires_ms || now - d->decided_ms <= a->stale_ms;
+    pthread_mutex_unlock(&s->lock);
+    return out;
+}
+
 static void on_review(sb_kube_result *kr, void *ud)
 {
     struct review *rv = ud;
+    sb_authz *a = rv->a;
+    int64_t now = sb_clock_mono_ms();
     bool allowed = false;
+    bool stale = false;
+    sb_err err = kr->err;
     const char *reason = "";
 
     if (kr->err == SB_OK) {
         allowed = sb_kube_review_allowed(kr->json, &reason);
-        sb_authz_record(rv->a, &rv->id, rv->ns, rv->name, allowed, sb_clock_mono_ms());
+        sb_authz_record(a, &rv->id, rv->ns, rv->name, allowed, now);
     } else {
         SB_WARN("authz", NULL, "SubjectAccessReview failed: %s (HTTP %ld)", kr->detail, kr->status);
+        stale = a->stale_ms > 0 && sb_authz_allowed_if_error(a, &rv->id, rv->ns, rv->name, now);
+    }
+    if (stale) {
+        err = SB_OK;
+        allowed = true;
     }
 
     /* Detach before calling back: a waiter may start a new review. */
-    sb_lru_remove(rv->a->pending, rv->key, rv->klen);
+    sb_lru_remove(a->pending, rv->key, rv->klen);
     for (struct waiter *w = rv->waiters, *next; w; w = next) {
         next = w->next;
-        w->done(kr->err, allowed, w->ud);
+        w->done(err, allowed, stale, w->ud);
         free(w);
     }
     free(rv);

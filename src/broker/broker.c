@@ -10,12 +10,18 @@
  * first; a caller without a fresh decision learns nothing from the value
  * cache until a SubjectAccessReview allows it (the cache is only peeked at
  * to choose between "review, then answer from the cache" and "read from
- * the backend as the caller", which authorizes by itself). */
+ * the backend as the caller", which authorizes by itself).
+ *
+ * When a backend fails (DESIGN.md section 6), its circuit breaker counts
+ * it; an open breaker fails calls at once. Either way a caller still
+ * allowed may get its cached value up to STALE_IF_ERROR_SECONDS old, else
+ * 503 naming the backend. */
 #include "broker/broker.h"
 
 #include <stdlib.h>
 #include <string.h>
 
+#include "broker/breaker.h"
 #include "broker/ratelimit.h"
 #include "core/alloc.h"
 #include "core/clock.h"
@@ -35,6 +41,7 @@ struct flight {
     struct flight *prev, *next; /* every flight, for invalidation */
     sb_broker_req *leader;
     sb_broker_req *waiters;
+    sb_breaker_ticket ticket; /* from the backend's breaker */
     sb_fetch fetch;
 };
 
@@ -44,6 +51,7 @@ struct sb_broker {
     sb_authz *authz;
     sb_cache *cache;
     sb_backend *backends[SB_MAX_BACKENDS];
+    sb_breaker *breakers[SB_MAX_BACKENDS]; /* one per backend */
     size_t backend_count;
     sb_ratelimit *refresh_budget; /* NULL: refresh never bypasses the cache */
     sb_lru *flights;              /* key -> struct flight; loop thread only */
@@ -85,6 +93,9 @@ sb_broker *sb_broker_new(const sb_broker_deps *deps)
     b->cache = deps->cache;
     b->backend_count = deps->backend_count;
     memcpy(b->backends, deps->backends, sizeof(b->backends));
+    for (size_t i = 0; i < b->backend_count; i++)
+        b->breakers[i] = sb_breaker_new(b->backends[i]->kind, deps->cfg->breaker_failures,
+                                        deps->cfg->breaker_open_ms);
     b->refresh_budget = refresh_budget(deps->cfg);
     b->flights = sb_lru_new(SIZE_MAX, NULL);
     if (b->cache)
@@ -97,6 +108,8 @@ void sb_broker_free(sb_broker *b)
     if (!b)
         return;
     sb_lru_free(b->flights);
+    for (size_t i = 0; i < b->backend_count; i++)
+        sb_breaker_free(b->breakers[i]);
     sb_ratelimit_free(b->refresh_budget);
     free(b);
 }
@@ -148,6 +161,14 @@ static void set_outcome(sb_broker_req *req, sb_err err, const char *reason, cons
     req->detail = detail ? detail : "";
 }
 
+/* The audit reason of a value served: how the request was allowed. */
+static const char *served_reason(const sb_broker_req *req)
+{
+    if (req->priv.authz_stale)
+        return "authz_stale_if_error";
+    return req->priv.refresh_limited ? "refresh_limited" : "allowed";
+}
+
 static void set_denied(sb_broker_req *req)
 {
     req->decision = SB_DECISION_DENY;
@@ -166,7 +187,7 @@ static void set_from_cache(sb_broker_req *req, sb_cache_state st, sb_secret_doc 
         return;
     }
     req->doc = doc;
-    set_outcome(req, SB_OK, req->priv.refresh_limited ? "refresh_limited" : "allowed", NULL);
+    set_outcome(req, SB_OK, served_reason(req), NULL);
 }
 
 bool sb_broker_fast(sb_broker *b, sb_broker_req *req, int64_t now)
@@ -223,7 +244,19 @@ struct review_ctx {
 
 static void deliver(sb_broker_req *req, const sb_fetch_result *res);
 
-static void on_review(sb_err err, bool allowed, void *ud)
+/* What an upstream failure answers. A backend's own timeout, before the
+ * request's deadline, is the backend being unavailable (503, DESIGN.md
+ * section 6); 504 is for the request's deadline. */
+static sb_err failure_code(const sb_broker_req *req, sb_err err)
+{
+    if (err == SB_E_FORBIDDEN)
+        return SB_E_CREDENTIALS; /* a 403 to the broker itself */
+    if (err == SB_E_TIMEOUT && sb_clock_mono_ms() < req->deadline_ms)
+        return SB_E_UNAVAILABLE;
+    return err;
+}
+
+static void on_review(sb_err err, bool allowed, bool stale, void *ud)
 {
     struct review_ctx *rc = ud;
     sb_broker_req *req = rc->req;
@@ -232,11 +265,14 @@ static void on_review(sb_err err, bool allowed, void *ud)
     free(rc);
     if (err != SB_OK) {
         sb_broker_req_clear(req);
-        finish_err(req, err == SB_E_FORBIDDEN ? SB_E_CREDENTIALS : err, "authz_unavailable",
+        finish_err(req, failure_code(req, err), "authz_unavailable",
                    "the API server could not be asked whether this caller may read the secret");
         return;
     }
-    sb_metrics_authz(allowed, SB_METRICS_AUTHZ_SAR);
+    /* A stale allow (AUTHZ_STALE_IF_ERROR_SECONDS) came from the decision
+     * cache, not from the review that failed. */
+    req->priv.authz_stale |= stale;
+    sb_metrics_authz(allowed, stale ? SB_METRICS_AUTHZ_CACHE : SB_METRICS_AUTHZ_SAR);
     if (!allowed) {
         sb_broker_req_clear(req);
         deny(req);
@@ -272,6 +308,8 @@ static void review_then(sb_broker_req *req, enum after_review after)
                     on_review, rc);
 }
 
+/* Stale-if-error (STALE_IF_ERROR_SECONDS): the backend failed, and the
+ * cache still holds a value it gave at most that long ago. */
 static bool serve_stale(sb_broker_req *req)
 {
     sb_broker *b = req->priv.b;
@@ -279,9 +317,11 @@ static bool serve_stale(sb_broker_req *req)
 
     if (!b->cache || b->cfg->stale_if_error_ms <= 0)
         return false;
-    /* Only a caller allowed right now may see an old value: the decision
-     * is looked up again, since the backend call may have outlived it. */
-    if (sb_authz_lookup(b->authz, &req->caller, req->ns, req->name, now) != SB_DECISION_ALLOW)
+    /* Only a caller allowed now may see an old value: the decision is
+     * looked up again, since the backend call may have outlived it. When
+     * the backend is the API server, the decision cannot be renewed: an
+     * allow young enough for AUTHZ_STALE_IF_ERROR_SECONDS then counts. */
+    if (!sb_authz_allowed_if_error(b->authz, &req->caller, req->ns, req->name, now))
         return false;
     sb_cache_key key = cache_key(req, req->priv.backend);
     sb_secret_doc *doc = sb_cache_get_stale(b->cache, &key, now, b->cfg->stale_if_error_ms);
@@ -289,6 +329,8 @@ static bool serve_stale(sb_broker_req *req)
         return false;
     req->doc = doc;
     req->cache_hit = true;
+    req->decision = SB_DECISION_ALLOW;
+    sb_metrics_cache(kind_of(b, req->priv.backend), true);
     finish_err(req, SB_OK, "stale_if_error", NULL);
     return true;
 }
@@ -298,7 +340,7 @@ static void deliver(sb_broker_req *req, const sb_fetch_result *res)
     switch (res->err) {
     case SB_OK:
         req->doc = sb_doc_ref(res->doc);
-        finish_err(req, SB_OK, "allowed", NULL);
+        finish_err(req, SB_OK, served_reason(req), NULL);
         return;
     case SB_E_NOT_FOUND:
         if (req->priv.backend + 1 < req->priv.b->backend_count) {
@@ -314,7 +356,7 @@ static void deliver(sb_broker_req *req, const sb_fetch_result *res)
         if (serve_stale(req))
             return;
         req->retry_after_s = res->retry_after_s;
-        finish_err(req, res->err, "backend_error", res->detail);
+        finish_err(req, failure_code(req, res->err), "backend_error", res->detail);
         return;
     }
 }
@@ -393,6 +435,7 @@ static void on_fetched(sb_fetch_result *res, void *ud)
     int64_t now = sb_clock_mono_ms();
 
     flight_detach(b, f);
+    sb_breaker_report(b->breakers[f->backend], f->ticket, sb_breaker_failure(res->err), now);
     remember(b, f, res, now);
     if (res->err == SB_OK)
         sb_metrics_fetched(kind);
@@ -451,11 +494,56 @@ static struct flight *flight_new(sb_broker *b, sb_broker_req *req, size_t backen
     return f;
 }
 
+/* Breaker-open answers name the backend (DESIGN.md section 6). */
+static const char *breaker_detail(sb_backend_kind kind)
+{
+    switch (kind) {
+    case SB_BACKEND_K8S:
+        return "the kubernetes backend is failing; its circuit breaker is open";
+    case SB_BACKEND_AWS:
+        return "the aws-secrets-manager backend is failing; its circuit breaker is open";
+    case SB_BACKEND_FILE:
+        return "the file backend is failing; its circuit breaker is open";
+    }
+    return "the backend is failing; its circuit breaker is open";
+}
+
+/* Whether a new call to backend may start now; if not, req is answered
+ * as that backend failing (stale-if-error still applies). Calls over
+ * MAX_INFLIGHT_BACKEND_CALLS are refused here, before the breaker, so the
+ * broker's own overload never counts against a backend. */
+static bool may_call(sb_broker_req *req, size_t backend, sb_breaker_ticket *out_ticket)
+{
+    sb_broker *b = req->priv.b;
+    int64_t now = sb_clock_mono_ms();
+    int64_t retry_ms = 0;
+    sb_fetch_result res = {.retry_after_s = 1};
+
+    if (now >= req->deadline_ms) {
+        finish_err(req, SB_E_TIMEOUT, "deadline", "the request's deadline passed");
+        return false;
+    }
+    if (sb_http_inflight(b->http) >= b->cfg->max_inflight) {
+        res.err = SB_E_UNAVAILABLE;
+        res.detail = "too many backend calls in flight";
+        deliver(req, &res);
+        return false;
+    }
+    if (sb_breaker_admit(b->breakers[backend], now, out_ticket, &retry_ms))
+        return true;
+    res.err = SB_E_UNAVAILABLE;
+    res.detail = breaker_detail(kind_of(b, backend));
+    res.retry_after_s = (int)((retry_ms + 999) / 1000);
+    deliver(req, &res);
+    return false;
+}
+
 static void fetch_from(sb_broker_req *req, size_t backend)
 {
     sb_broker *b = req->priv.b;
     sb_backend *be = b->backends[backend];
     char key[FLIGHT_KEY_MAX];
+    sb_breaker_ticket ticket = 0;
 
     req->priv.backend = backend;
     /* A backend that does not read as the caller must not be asked before
@@ -472,7 +560,10 @@ static void fetch_from(sb_broker_req *req, size_t backend)
         f->waiters = req;
         return;
     }
+    if (!may_call(req, backend, &ticket))
+        return;
     f = flight_new(b, req, backend, key, klen);
+    f->ticket = ticket;
     sb_backend_fetch(be, &f->fetch, on_fetched, f);
 }
 
@@ -555,6 +646,7 @@ void sb_broker_submit(sb_broker *b, sb_broker_req *req, sb_broker_done_fn done, 
     req->priv.ud = ud;
     req->priv.refresh_settled = false;
     req->priv.refresh_limited = false;
+    req->priv.authz_stale = false;
     req->err = SB_OK;
     req->detail = "";
     req->retry_after_s = -1;
@@ -601,4 +693,9 @@ static void on_changes_lost(void *ud)
 sb_watch_handler sb_broker_watch_handler(sb_broker *b)
 {
     return (sb_watch_handler){.changed = on_secret_changed, .lost = on_changes_lost, .ud = b};
+}
+
+sb_breaker_state sb_broker_breaker_state(sb_broker *b, size_t i, int64_t now)
+{
+    return sb_breaker_state_at(b->breakers[i], now);
 }

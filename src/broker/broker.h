@@ -17,6 +17,7 @@
 #include "auth/authz.h"
 #include "auth/identity.h"
 #include "backend/backend.h"
+#include "broker/breaker.h"
 #include "broker/cache.h"
 #include "clients/http.h"
 #include "clients/watch.h"
@@ -59,6 +60,7 @@ struct sb_broker_req {
         sb_fetch_result pending; /* a waiter's result held during its review */
         bool refresh_settled;    /* its refresh was weighed against the budget */
         bool refresh_limited;    /* ... and found over it: answered as a plain read */
+        bool authz_stale;        /* allowed by AUTHZ_STALE_IF_ERROR_SECONDS */
     } priv;
 };
 
@@ -84,6 +86,10 @@ bool sb_broker_fast(sb_broker *b, sb_broker_req *req, int64_t now);
 
 /* Runs req on the loop; done runs there exactly once. Any thread. */
 void sb_broker_submit(sb_broker *b, sb_broker_req *req, sb_broker_done_fn done, void *ud);
+
+/* The state of backend number i's circuit breaker at now, for /readyz.
+ * Any thread. */
+sb_breaker_state sb_broker_breaker_state(sb_broker *b, size_t i, int64_t now);
 
 /* Releases the outputs (the document reference). */
 void sb_broker_req_clear(sb_broker_req *req);

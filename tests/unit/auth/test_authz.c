@@ -1,7 +1,8 @@
 /* Unit tests of src/auth/authz's decision cache: allow and deny TTLs
  * (including 0, which caches nothing), a deny replacing an allow at once
  * (an upstream 403), forgetting, keys that cannot be confused, the
- * development mode's own-namespace rule, and many threads at once. The
+ * development mode's own-namespace rule, the stale allow kept for when the
+ * API server cannot answer, and many threads at once. The
  * clock is a number passed in. SubjectAccessReviews are exercised by the
  * integration tests against a real API server. */
 #include "auth/authz.h"
@@ -16,7 +17,7 @@
 
 #include <cmocka.h>
 
-static sb_authz *authz_with(int allow_ms, int deny_ms)
+static sb_authz *authz_stale(int allow_ms, int deny_ms, int stale_ms)
 {
     sb_config cfg;
 
@@ -24,7 +25,13 @@ static sb_authz *authz_with(int allow_ms, int deny_ms)
     sb_config_free(&cfg); /* numbers only from here */
     cfg.authz_allow_ttl_ms = allow_ms;
     cfg.authz_deny_ttl_ms = deny_ms;
+    cfg.authz_stale_ms = stale_ms;
     return sb_authz_new(&cfg, NULL);
+}
+
+static sb_authz *authz_with(int allow_ms, int deny_ms)
+{
+    return authz_stale(allow_ms, deny_ms, 0);
 }
 
 static const sb_identity alice = {.ns = "shop", .sa = "alice"};
@@ -87,6 +94,53 @@ static void test_upstream_403_ends_the_allow_at_once(void **state)
     assert_int_equal(sb_authz_lookup(a, &bob, "shop", "db", 1), SB_DECISION_UNKNOWN);
     sb_authz_free(a);
     sb_authz_free(nodeny);
+}
+
+static void test_no_stale_allow_by_default(void **state)
+{
+    sb_authz *a = authz_with(30000, 5000);
+
+    sb_authz_record(a, &alice, "shop", "db", true, 0);
+    assert_true(sb_authz_allowed_if_error(a, &alice, "shop", "db", 29999));
+    assert_false(sb_authz_allowed_if_error(a, &alice, "shop", "db", 30000));
+    assert_false(sb_authz_allowed_if_error(a, &bob, "shop", "db", 0));
+    sb_authz_free(a);
+}
+
+static void test_stale_allow_within_its_window(void **state)
+{
+    sb_authz *a = authz_stale(30000, 5000, 300000);
+
+    sb_authz_record(a, &alice, "shop", "db", true, 1000);
+    assert_int_equal(sb_authz_lookup(a, &alice, "shop", "db", 31000), SB_DECISION_UNKNOWN);
+    /* Counted from the decision, as STALE_IF_ERROR_SECONDS is for values. */
+    assert_true(sb_authz_allowed_if_error(a, &alice, "shop", "db", 301000));
+    assert_false(sb_authz_allowed_if_error(a, &alice, "shop", "db", 301001));
+
+    /* A deny since, even one not cached, ends it; so does forgetting. */
+    sb_authz_record(a, &alice, "shop", "db", false, 2000);
+    assert_false(sb_authz_allowed_if_error(a, &alice, "shop", "db", 2000));
+    sb_authz *nodeny = authz_stale(30000, 0, 300000);
+    sb_authz_record(nodeny, &alice, "shop", "db", true, 0);
+    sb_authz_record(nodeny, &alice, "shop", "db", false, 10);
+    assert_false(sb_authz_allowed_if_error(nodeny, &alice, "shop", "db", 10));
+    sb_authz_record(a, &bob, "shop", "db", true, 0);
+    sb_authz_forget(a, &bob, "shop", "db");
+    assert_false(sb_authz_allowed_if_error(a, &bob, "shop", "db", 1));
+    sb_authz_free(a);
+    sb_authz_free(nodeny);
+}
+
+static void test_stale_allow_with_allow_ttl_zero(void **state)
+{
+    sb_authz *a = authz_stale(0, 5000, 60000);
+
+    /* Never fresh, but kept for the API server's outages. */
+    sb_authz_record(a, &alice, "shop", "db", true, 0);
+    assert_int_equal(sb_authz_lookup(a, &alice, "shop", "db", 0), SB_DECISION_UNKNOWN);
+    assert_true(sb_authz_allowed_if_error(a, &alice, "shop", "db", 60000));
+    assert_false(sb_authz_allowed_if_error(a, &alice, "shop", "db", 60001));
+    sb_authz_free(a);
 }
 
 static void test_keys_do_not_collide(void **state)
@@ -159,6 +213,9 @@ int main(void)
         cmocka_unit_test(test_allow_and_deny_ttls),
         cmocka_unit_test(test_zero_ttls_cache_nothing),
         cmocka_unit_test(test_upstream_403_ends_the_allow_at_once),
+        cmocka_unit_test(test_no_stale_allow_by_default),
+        cmocka_unit_test(test_stale_allow_within_its_window),
+        cmocka_unit_test(test_stale_allow_with_allow_ttl_zero),
         cmocka_unit_test(test_keys_do_not_collide),
         cmocka_unit_test(test_own_namespace_mode),
         cmocka_unit_test(test_threads),
