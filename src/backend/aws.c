@@ -14,6 +14,7 @@
 #include "backend/aws_secret.h"
 #include "clients/aws_creds.h"
 #include "clients/aws_proto.h"
+#include "clients/retry.h"
 #include "clients/sigv4.h"
 #include "core/alloc.h"
 #include "core/clock.h"
@@ -85,6 +86,7 @@ struct aws_backend {
     int64_t batch_off_until_ms;
     struct call *calls; /* every call alive, for destroy */
     struct throttled_log cred_log, fail_log;
+    sb_retry_budget retries; /* retries add at most a tenth to the calls */
 };
 
 static uint64_t random64(void)
@@ -310,6 +312,12 @@ static void on_response(sb_http_response *resp, void *ud)
     int64_t due = o.retry ? sb_aws_retry_at(call->attempts, now, call->deadline_ms,
                                             resp->retry_after_s, random64())
                           : -1;
+    /* However many attempts a call may make, AWS sees no retry storm when
+     * it throttles or fails every call: the budget runs dry. */
+    if (due >= 0 && !sb_retry_take(&ab->retries)) {
+        SB_DEBUG(LOG_TAG, NULL, "retry budget spent: not trying again");
+        due = -1;
+    }
     if (due >= 0) {
         sb_http_call_at(ab->http, due, retry_task, call);
         return;
@@ -418,7 +426,8 @@ static void send_call(struct call *call, const sb_aws_key *key)
     sb_sigv4_result_free(&sig);
     sb_json_free_dump(body);
 
-    call->attempts++;
+    if (call->attempts++ == 0)
+        sb_retry_first(&ab->retries);
     call->key_serial = key->serial;
     sb_http_submit(ab->http, req, on_response, call);
 }
@@ -591,6 +600,7 @@ sb_err sb_aws_backend_new(const sb_config *cfg, sb_http *http, sb_env_lookup env
     ab->tmpl = sb_xstrdup(cfg->aws_id_template);
     ab->prefix = sb_xstrdup(cfg->aws_prefix);
     ab->timeout_ms = cfg->aws_timeout_ms;
+    sb_retry_init(&ab->retries);
     ab->window_ms = cfg->aws_batch_window_ms;
 
     sb_aws_creds_options co = {.env = env,

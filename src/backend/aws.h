@@ -13,8 +13,10 @@
  * version_stage or version_id always go alone.
  *
  * Retries: throttling, 5xx and transport failures are tried again, at most
- * SB_AWS_MAX_ATTEMPTS attempts in all, after a full-jitter backoff, and
- * only while the request's deadline leaves room for another attempt. */
+ * SB_AWS_MAX_ATTEMPTS attempts in all, after a full-jitter backoff, only
+ * while the request's deadline leaves room for another attempt, and only
+ * while the retry budget (clients/retry) has a token, so a throttling AWS
+ * gets at most about a tenth more calls than the broker's fetches. */
 #ifndef SB_BACKEND_AWS_H
 #define SB_BACKEND_AWS_H
 
