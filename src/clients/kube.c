@@ -1,10 +1,13 @@
 /* Kubernetes API client (see kube.h). The broker's own token is re-read
  * when its file changes, at least every minute, and after a 401, because
- * projected tokens rotate (DESIGN.md section 6). */
+ * projected tokens rotate (DESIGN.md section 6). A 429 with Retry-After
+ * (API Priority and Fairness) is waited out and tried again within the
+ * call's time, under a retry budget. */
 #include "clients/kube.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <gnutls/crypto.h>
 #include <gnutls/gnutls.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +15,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "clients/retry.h"
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/json.h"
@@ -21,6 +25,9 @@
 #define TOKEN_REREAD_MS 60000 /* re-read the token at least this often */
 #define TOKEN_STAT_MS   1000  /* look at the file's metadata at most this often */
 #define USER_AGENT      "secrets-broker/" SB_VERSION
+#define MAX_ATTEMPTS    3   /* per call, when the API server answers 429 */
+#define MIN_ATTEMPT_MS  250 /* room a retry needs before the call's time is up */
+#define MAX_JITTER_MS   1000
 
 struct token_source {
     char *path;         /* NULL for a fixed token */
@@ -39,6 +46,7 @@ struct sb_kube {
     char *tmpdir; /* holds files written from KUBECONFIG *-data fields */
     struct token_source tok;
     int timeout_ms;
+    sb_retry_budget retries; /* for 429 answers; loop thread */
 };
 
 struct call {
@@ -52,7 +60,9 @@ struct call {
     sb_kube_opts opts; /* opts.accept owned */
     sb_kube_done_fn done;
     void *ud;
-    bool retried;
+    bool retried;        /* after a 401, with the token read again */
+    int attempts;        /* sent so far */
+    int64_t deadline_ms; /* the whole call, 429 waits included */
 };
 
 static sb_err read_small_file(const char *path, size_t max, sb_buf *out)
@@ -270,6 +280,7 @@ sb_err sb_kube_new(const sb_config *cfg, sb_http *http, sb_kube **out, char *err
 
     k->http = http;
     k->timeout_ms = cfg->k8s_timeout_ms;
+    sb_retry_init(&k->retries);
     if (cfg->kubeconfig)
         rc = load_kubeconfig(k, cfg->kubeconfig, err, errlen);
     else
@@ -365,10 +376,13 @@ static void call_submit(struct call *c)
     sb_kube *k = c->k;
     char *url = sb_xasprintf("%s%s", k->server, c->path);
     sb_http_req *req = sb_http_req_new(c->method, url);
+    int64_t now = sb_clock_mono_ms();
+    int64_t left = c->deadline_ms - now;
 
     free(url);
-    token_refresh(&k->tok, sb_clock_mono_ms(), false);
-    sb_http_req_timeout(req, c->opts.timeout_ms ? c->opts.timeout_ms : k->timeout_ms);
+    c->attempts++;
+    token_refresh(&k->tok, now, false);
+    sb_http_req_timeout(req, (int)(left > 1 ? left : 1));
     sb_http_req_tls(req, k->ca_file, k->cert_file, k->key_file);
     sb_http_req_header(req, "Accept", c->opts.accept ? c->opts.accept : "application/json");
     if (c->opts.on_chunk)
@@ -391,6 +405,43 @@ static void call_submit(struct call *c)
     sb_http_submit(k->http, req, on_response, c);
 }
 
+static uint32_t random32(void)
+{
+    uint32_t r = 0;
+
+    if (gnutls_rnd(GNUTLS_RND_NONCE, &r, sizeof(r)) != 0)
+        r = (uint32_t)sb_clock_mono_us();
+    return r;
+}
+
+static void resubmit_task(void *ud)
+{
+    call_submit(ud);
+}
+
+/* A 429 from API Priority and Fairness says when to come back
+ * (Retry-After, RFC 9110 section 10.2.3): come back then, plus a little
+ * jitter so throttled callers do not return in step, if the call's time
+ * leaves room, it has attempts left and the retry budget a token. Streams
+ * (watches) retry on their own terms. */
+static bool retry_throttled(struct call *c, const sb_http_response *resp)
+{
+    int64_t now = sb_clock_mono_ms();
+
+    if (resp->err != SB_OK || resp->status != 429 || resp->retry_after_s < 0 || c->opts.on_chunk ||
+        c->attempts >= MAX_ATTEMPTS)
+        return false;
+    int64_t wait = (int64_t)resp->retry_after_s * 1000;
+    int64_t jitter_max = wait / 10 < MAX_JITTER_MS ? wait / 10 + 50 : MAX_JITTER_MS;
+    wait += (int64_t)(random32() % (uint32_t)jitter_max);
+    if (now + wait + MIN_ATTEMPT_MS > c->deadline_ms || !sb_retry_take(&c->k->retries))
+        return false;
+    SB_DEBUG("kube", c->request_id, "API server throttled %s %s: trying again in %lld ms",
+             c->method, c->path, (long long)wait);
+    sb_http_call_at(c->k->http, now + wait, resubmit_task, c);
+    return true;
+}
+
 static void on_response(sb_http_response *resp, void *ud)
 {
     struct call *c = ud;
@@ -407,6 +458,8 @@ static void on_response(sb_http_response *resp, void *ud)
         call_submit(c);
         return;
     }
+    if (retry_throttled(c, resp))
+        return;
 
     res.err = resp->err != SB_OK ? resp->err : map_status(resp->status);
     if (resp->err == SB_OK && res.err != SB_OK)
@@ -439,6 +492,8 @@ void sb_kube_call_ex(sb_kube *k, const char *method, const char *path, const cha
     }
 
     c->k = k;
+    c->deadline_ms = sb_clock_mono_ms() + (c->opts.timeout_ms ? c->opts.timeout_ms : k->timeout_ms);
+    sb_retry_first(&k->retries);
     c->method = sb_xstrdup(method);
     c->path = sb_xstrdup(path);
     c->body = body ? sb_xstrdup(body) : NULL;

@@ -36,9 +36,12 @@ typedef struct sb_kube_result {
 } sb_kube_result;
 
 /* Status mapping: 401 SB_E_CREDENTIALS (after one retry with a re-read
- * token), 403 SB_E_FORBIDDEN, 404 SB_E_NOT_FOUND, 429 SB_E_THROTTLED, 5xx
+ * token), 403 SB_E_FORBIDDEN, 404 SB_E_NOT_FOUND, 429 SB_E_THROTTLED (after
+ * waiting out its Retry-After and trying again, at most three attempts,
+ * while the call's time allows and the retry budget has tokens), 5xx
  * SB_E_UNAVAILABLE, an unparsable 2xx or other status SB_E_UPSTREAM;
- * transport failures as clients/http reports them. */
+ * transport failures as clients/http reports them. Every call, its waits
+ * included, ends within K8S_TIMEOUT_SECONDS (or its own timeout_ms). */
 typedef void (*sb_kube_done_fn)(sb_kube_result *res, void *ud);
 
 /* Reads where the API server is and the broker's credentials: KUBECONFIG
