@@ -33,6 +33,18 @@
 #define SB_MAX_VERSION_ID    64 /* AWS VersionId: 32-64 characters */
 #define SB_MAX_VERSION_STAGE 256
 
+/* Slow clients. libmicrohttpd's CONNECTION_IDLE_TIMEOUT_SECONDS closes a
+ * connection only after that long without a byte, so one that sends a
+ * byte now and then would stay forever; these bound each phase as a whole
+ * (net/server closes the connection when one runs out). Headers: from
+ * accept to the end of the first request's headers, TLS handshake
+ * included (for a later request on the connection, the idle timeout plus
+ * this from the previous answer). Body: from the end of the headers. Send:
+ * from the response queued to its last byte. */
+#define SB_MAX_HEADERS_MS 10000
+#define SB_MAX_BODY_MS    10000
+#define SB_MAX_SEND_MS    60000
+
 /* Upstream answers. A Kubernetes Secret holds at most 1 MiB of data, which
  * base64 and JSON grow by about 4/3; AWS secrets are at most 64 KiB. */
 #define SB_MAX_UPSTREAM_BODY  (4 * 1024 * 1024)

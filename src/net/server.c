@@ -1,22 +1,54 @@
-/* The two libmicrohttpd daemons (see server.h). */
+/* The two libmicrohttpd daemons (see server.h), and a watchdog thread that
+ * bounds how long a client may take over each phase of a request on the
+ * API port (core/limits.h, "Slow clients"): libmicrohttpd's own timeout
+ * counts only silence, and a TLS handshake does not even reset it. Every
+ * API connection is listed with its deadline; past it, the watchdog shuts
+ * the socket down and libmicrohttpd, seeing it end, closes the connection
+ * on its own thread. A connection leaves the list (under its lock) before
+ * libmicrohttpd closes its descriptor, so the watchdog never touches a
+ * descriptor that was reused. */
 #include "net/server.h"
 
 #include <arpa/inet.h>
 #include <gnutls/gnutls.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "core/alloc.h"
+#include "core/clock.h"
 #include "core/limits.h"
 #include "net/api.h"
 #include "net/ops.h"
 #include "obs/log.h"
 #include "obs/metrics.h"
+
+#define WATCHDOG_TICK_MS 250
+#define NO_DEADLINE      INT64_MAX
+
+/* Per API connection: its TLS credentials, once known the caller, and the
+ * watchdog's view of it. */
+struct conn_ctx {
+    sb_server *srv;
+    sb_tls_cred *cred;
+    bool identity_done;
+    sb_err identity_err;
+    const char *identity_why;
+    sb_identity id;
+    const sb_identity_opts *opts;
+
+    int fd;
+    atomic_llong deadline_ms; /* monotonic; NO_DEADLINE while answering */
+    bool in_request;          /* its headers are in (HTTP thread only) */
+    bool shut;                /* the watchdog shut it down (under conns_lock) */
+    struct conn_ctx *prev, *next;
+};
 
 struct sb_server {
     sb_server_deps deps;
@@ -26,16 +58,14 @@ struct sb_server {
     atomic_int active;
     atomic_int working; /* handlers inside begin/end_work */
     sb_identity_opts id_opts;
-};
 
-/* Per connection: its TLS credentials and, once known, the caller. */
-struct conn_ctx {
-    sb_tls_cred *cred;
-    bool identity_done;
-    sb_err identity_err;
-    const char *identity_why;
-    sb_identity id;
-    const sb_identity_opts *opts;
+    pthread_mutex_t conns_lock; /* guards conns and each ctx's list links and shut */
+    struct conn_ctx *conns;
+    pthread_t watchdog;
+    bool watchdog_started;
+    pthread_mutex_t wd_lock;
+    pthread_cond_t wd_wake;
+    bool wd_stop;
 };
 
 struct body_holder {
@@ -89,9 +119,30 @@ struct MHD_Response *sb_server_response_secret(sb_secret *value, const char *con
     return resp;
 }
 
+static struct conn_ctx *ctx_of(struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *info =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+
+    return info ? info->socket_context : NULL; /* NULL on the ops port */
+}
+
+static void set_deadline(struct conn_ctx *ctx, int64_t deadline_ms)
+{
+    atomic_store_explicit(&ctx->deadline_ms, deadline_ms, memory_order_relaxed);
+}
+
 enum MHD_Result sb_server_queue(struct MHD_Connection *conn, int status, struct MHD_Response *resp,
                                 bool close)
 {
+    struct conn_ctx *ctx = ctx_of(conn);
+
+    /* Draining: each API connection ends after its answer, so keep-alive
+     * clients reconnect (to another replica) instead of sending more. */
+    if (ctx) {
+        close |= atomic_load(&ctx->srv->state) >= SB_SERVER_DRAINING;
+        set_deadline(ctx, sb_clock_mono_ms() + SB_MAX_SEND_MS);
+    }
     if (close)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     enum MHD_Result rc = MHD_queue_response(conn, (unsigned)status, resp);
@@ -184,6 +235,28 @@ sb_err sb_server_identity(struct MHD_Connection *conn, sb_identity *out, const c
     return SB_OK;
 }
 
+static void conn_register(sb_server *s, struct conn_ctx *ctx)
+{
+    pthread_mutex_lock(&s->conns_lock);
+    ctx->next = s->conns;
+    if (s->conns)
+        s->conns->prev = ctx;
+    s->conns = ctx;
+    pthread_mutex_unlock(&s->conns_lock);
+}
+
+static void conn_unregister(sb_server *s, struct conn_ctx *ctx)
+{
+    pthread_mutex_lock(&s->conns_lock);
+    if (ctx->prev)
+        ctx->prev->next = ctx->next;
+    else
+        s->conns = ctx->next;
+    if (ctx->next)
+        ctx->next->prev = ctx->prev;
+    pthread_mutex_unlock(&s->conns_lock);
+}
+
 static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
                           enum MHD_ConnectionNotificationCode toe)
 {
@@ -192,6 +265,7 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
 
     if (toe == MHD_CONNECTION_NOTIFY_CLOSED) {
         if (ctx) {
+            conn_unregister(s, ctx);
             sb_tls_session_done(ctx->cred);
             free(ctx);
             *socket_context = NULL;
@@ -202,8 +276,14 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
 
     sb_metrics_gauge_add(SB_METRICS_CONNECTIONS, 1);
     ctx = sb_xcalloc(1, sizeof(*ctx));
+    ctx->srv = s;
     ctx->opts = &s->id_opts;
+    const union MHD_ConnectionInfo *fd_info =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    ctx->fd = fd_info ? fd_info->connect_fd : -1;
+    atomic_init(&ctx->deadline_ms, sb_clock_mono_ms() + SB_MAX_HEADERS_MS);
     *socket_context = ctx;
+    conn_register(s, ctx);
     if (!s->deps.tls)
         return;
 
@@ -229,11 +309,30 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
     return sb_api_begin(s, conn, uri);
 }
 
+/* The phases of a request, for the watchdog: the first call means the
+ * headers are in and a body may follow; a call without body data means
+ * the request is being answered, bounded by REQUEST_TIMEOUT_SECONDS
+ * instead. */
+static void track_phase(struct MHD_Connection *conn, size_t upload_data_size)
+{
+    struct conn_ctx *ctx = ctx_of(conn);
+
+    if (!ctx)
+        return;
+    if (!ctx->in_request) {
+        ctx->in_request = true;
+        set_deadline(ctx, sb_clock_mono_ms() + SB_MAX_BODY_MS);
+    } else if (upload_data_size == 0) {
+        set_deadline(ctx, NO_DEADLINE);
+    }
+}
+
 static enum MHD_Result on_api_request(void *cls, struct MHD_Connection *conn, const char *url,
                                       const char *method, const char *version,
                                       const char *upload_data, size_t *upload_data_size,
                                       void **con_cls)
 {
+    track_phase(conn, *upload_data_size);
     return sb_api_handle(*con_cls, conn, method, upload_data, upload_data_size);
 }
 
@@ -241,7 +340,15 @@ static void on_api_completed(void *cls, struct MHD_Connection *conn, void **con_
                              enum MHD_RequestTerminationCode toe)
 {
     sb_server *s = cls;
+    struct conn_ctx *ctx = ctx_of(conn);
 
+    /* Kept alive: the next request's headers must be in within the idle
+     * timeout plus the headers' own time. */
+    if (ctx) {
+        ctx->in_request = false;
+        set_deadline(ctx, sb_clock_mono_ms() + (int64_t)s->deps.cfg->idle_timeout_s * 1000 +
+                              SB_MAX_HEADERS_MS);
+    }
     if (!*con_cls)
         return;
     sb_api_end(*con_cls, toe);
@@ -268,6 +375,62 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
     vsnprintf(msg, sizeof(msg), fmt, ap);
     msg[strcspn(msg, "\n")] = '\0';
     SB_DEBUG("httpd", NULL, "%s", msg);
+}
+
+/* Shuts down every API connection past its deadline; returns how many. */
+static int sweep(sb_server *s, int64_t now)
+{
+    int closed = 0;
+
+    pthread_mutex_lock(&s->conns_lock);
+    for (struct conn_ctx *c = s->conns; c; c = c->next) {
+        if (c->shut || c->fd < 0 ||
+            now < atomic_load_explicit(&c->deadline_ms, memory_order_relaxed))
+            continue;
+        shutdown(c->fd, SHUT_RDWR);
+        c->shut = true;
+        closed++;
+    }
+    pthread_mutex_unlock(&s->conns_lock);
+    return closed;
+}
+
+static void *watchdog_main(void *arg)
+{
+    sb_server *s = arg;
+
+    pthread_mutex_lock(&s->wd_lock);
+    while (!s->wd_stop) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_nsec += WATCHDOG_TICK_MS * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&s->wd_wake, &s->wd_lock, &until);
+        if (s->wd_stop)
+            break;
+        pthread_mutex_unlock(&s->wd_lock);
+        int closed = sweep(s, sb_clock_mono_ms());
+        if (closed)
+            SB_DEBUG("server", NULL, "closed %d slow connections", closed);
+        pthread_mutex_lock(&s->wd_lock);
+    }
+    pthread_mutex_unlock(&s->wd_lock);
+    return NULL;
+}
+
+static void watchdog_stop(sb_server *s)
+{
+    if (!s->watchdog_started)
+        return;
+    pthread_mutex_lock(&s->wd_lock);
+    s->wd_stop = true;
+    pthread_cond_signal(&s->wd_wake);
+    pthread_mutex_unlock(&s->wd_lock);
+    pthread_join(s->watchdog, NULL);
+    s->watchdog_started = false;
 }
 
 static sb_err make_addr(const char *host, int port, struct sockaddr_storage *out, bool *out_v6)
@@ -334,6 +497,14 @@ static struct MHD_Daemon *start_ops(sb_server *s, const struct sockaddr_storage 
                             NULL, MHD_OPTION_END);
 }
 
+static void server_free(sb_server *s)
+{
+    pthread_cond_destroy(&s->wd_wake);
+    pthread_mutex_destroy(&s->wd_lock);
+    pthread_mutex_destroy(&s->conns_lock);
+    free(s);
+}
+
 sb_err sb_server_start(const sb_server_deps *deps, sb_server **out, char *err, size_t errlen)
 {
     const sb_config *cfg = deps->cfg;
@@ -355,12 +526,15 @@ sb_err sb_server_start(const sb_server_deps *deps, sb_server **out, char *err, s
     s->id_opts =
         (sb_identity_opts){.trust_domain = cfg->trust_domain, .cn_fallback = cfg->cn_fallback};
     atomic_init(&s->state, SB_SERVER_STARTING);
+    pthread_mutex_init(&s->conns_lock, NULL);
+    pthread_mutex_init(&s->wd_lock, NULL);
+    pthread_cond_init(&s->wd_wake, NULL);
 
     s->ops = start_ops(s, &ops_addr, ops_v6);
     if (!s->ops) {
         snprintf(err, errlen, "OPS_PORT: cannot listen on %s port %d", cfg->ops_bind_address,
                  cfg->ops_port);
-        free(s);
+        server_free(s);
         return SB_E_IO;
     }
     s->api = start_api(s, &api_addr, api_v6);
@@ -368,9 +542,17 @@ sb_err sb_server_start(const sb_server_deps *deps, sb_server **out, char *err, s
         snprintf(err, errlen, "SERVER_PORT: cannot listen on %s port %d", cfg->bind_address,
                  cfg->port);
         MHD_stop_daemon(s->ops);
-        free(s);
+        server_free(s);
         return SB_E_IO;
     }
+    if (pthread_create(&s->watchdog, NULL, watchdog_main, s) != 0) {
+        snprintf(err, errlen, "cannot start the connection watchdog thread");
+        MHD_stop_daemon(s->api);
+        MHD_stop_daemon(s->ops);
+        server_free(s);
+        return SB_E_INTERNAL;
+    }
+    s->watchdog_started = true;
     *out = s;
     return SB_OK;
 }
@@ -386,7 +568,8 @@ void sb_server_stop(sb_server *s)
 {
     if (!s)
         return;
+    watchdog_stop(s);
     MHD_stop_daemon(s->api);
     MHD_stop_daemon(s->ops);
-    free(s);
+    server_free(s);
 }
