@@ -45,6 +45,7 @@ struct app {
     sb_broker *broker;
     sb_watch *watch; /* CACHE_INVALIDATION=watch */
     sb_tls *tls;
+    sb_ratelimit *rate; /* RATE_LIMIT_PER_SECOND; NULL when 0 */
     sb_server *server;
 };
 
@@ -220,6 +221,8 @@ static sb_err build(struct app *a, char *err, size_t errlen)
 
     if (cfg->mtls_enabled && sb_tls_new(cfg, &a->tls, err, errlen) != SB_OK)
         return SB_E_CONFIG;
+    if (cfg->rate_per_second > 0)
+        a->rate = sb_ratelimit_new(cfg->rate_per_second, cfg->rate_burst, SB_MAX_RATE_KEYS);
     sb_server_deps sd = {.cfg = cfg,
                          .tls = a->tls,
                          .broker = a->broker,
@@ -227,7 +230,8 @@ static sb_err build(struct app *a, char *err, size_t errlen)
                          .http = a->http,
                          .kube = a->kube,
                          .cache = a->cache,
-                         .tokens = a->tokens};
+                         .tokens = a->tokens,
+                         .rate = a->rate};
     return sb_server_start(&sd, &a->server, err, errlen);
 }
 
@@ -254,6 +258,7 @@ static void teardown(struct app *a)
     if (a->server)
         wait_answered(a->server, 2000);
     sb_server_stop(a->server);
+    sb_ratelimit_free(a->rate);
     sb_watch_free(a->watch);
     sb_broker_free(a->broker);
     sb_cache_free(a->cache);

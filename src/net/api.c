@@ -5,7 +5,15 @@
  * audit record is written. Identifying suspends too when a bearer token
  * needs a TokenReview. libmicrohttpd calls the handler on the connection's
  * HTTP thread; token reviews and broker completions run on the loop thread
- * and only resume the connection. */
+ * and only resume the connection.
+ *
+ * Deadlines (REQUEST_TIMEOUT_SECONDS): a timer on the loop resumes a
+ * request still waiting at its deadline, which then answers 504 for what
+ * is not done. The broker may complete those later: the request object
+ * is counted (one reference for libmicrohttpd, one for the loop while any
+ * broker request is out) and freed by whichever lets go last. Everything
+ * that decides when to resume runs on the loop thread, so the connection
+ * is resumed exactly once. */
 #include "net/api.h"
 
 #include <gnutls/crypto.h>
@@ -63,6 +71,23 @@ struct sb_api_req {
     sb_broker_req *breqs;
     size_t count;
     atomic_size_t pending;
+
+    /* While waiting on the loop (see the top of the file). done[i]: the
+     * broker has answered item i (loop thread). ready[i]: item i may be
+     * read to answer, fixed before the connection resumes. */
+    atomic_int refs;
+    int64_t deadline_ms;
+    bool *done;
+    bool *ready;
+    bool resumed;              /* loop thread */
+    struct deadline *deadline; /* the armed timer's link to this request */
+};
+
+/* The deadline timer's half of the link: timers cannot be cancelled, so
+ * the timer owns this, and finds it empty when the request got its answers
+ * in time. Loop thread only. */
+struct deadline {
+    sb_api_req *r;
 };
 
 static void new_request_id(char out[SB_MAX_REQUEST_ID + 1])
@@ -92,18 +117,35 @@ sb_api_req *sb_api_begin(sb_server *s, struct MHD_Connection *conn, const char *
     r->raw_uri = sb_xstrndup(raw_uri, r->raw_len);
     sb_buf_init(&r->body, SB_MAX_BATCH_BODY);
     r->endpoint = SB_METRICS_EP_OTHER;
+    atomic_init(&r->refs, 1);
     return r;
 }
 
-void sb_api_end(sb_api_req *r, enum MHD_RequestTerminationCode toe)
+static void req_unref(sb_api_req *r)
 {
+    if (atomic_fetch_sub_explicit(&r->refs, 1, memory_order_acq_rel) != 1)
+        return;
     for (size_t i = 0; i < r->count; i++)
         sb_broker_req_clear(&r->breqs[i]);
     free(r->breqs);
+    free(r->done);
+    free(r->ready);
     free(r->targets);
     free(r->raw_uri);
     sb_buf_free(&r->body);
     free(r);
+}
+
+void sb_api_end(sb_api_req *r, enum MHD_RequestTerminationCode toe)
+{
+    req_unref(r);
+}
+
+/* Item i's broker answer may be read: always, unless the deadline passed
+ * before it came. */
+static bool item_ready(const sb_api_req *r, size_t i)
+{
+    return !r->ready || r->ready[i];
 }
 
 static sb_audit_decision audit_decision(sb_decision d)
@@ -123,6 +165,16 @@ static void fill_items(const sb_api_req *r, sb_audit_item *items)
     for (size_t i = 0; i < r->count; i++) {
         const sb_broker_req *b = &r->breqs[i];
         const sb_target *t = &r->targets[i];
+        if (!item_ready(r, i)) {
+            /* Still with the broker: only its inputs may be read. */
+            items[i] = (sb_audit_item){.secret_name = sb_audit_cstr(t->name),
+                                       .ns = sb_audit_cstr(b->ns),
+                                       .key = sb_audit_cstr(t->key[0] ? t->key : NULL),
+                                       .status_code = sb_err_http_status(SB_E_TIMEOUT),
+                                       .decision = SB_AUDIT_NONE,
+                                       .reason = sb_err_code(SB_E_TIMEOUT)};
+            continue;
+        }
         items[i] = (sb_audit_item){
             .secret_name = sb_audit_cstr(t->name),
             .ns = sb_audit_cstr(b->ns),
@@ -142,7 +194,8 @@ static void fill_items(const sb_api_req *r, sb_audit_item *items)
 static sb_err audit(sb_api_req *r, int status, const char *reason)
 {
     const sb_server_deps *deps = sb_server_deps_of(r->srv);
-    const sb_broker_req *one = r->count == 1 && r->parsed.route != SB_ROUTE_BATCH ? r->breqs : NULL;
+    const sb_broker_req *one =
+        r->count == 1 && r->parsed.route != SB_ROUTE_BATCH && item_ready(r, 0) ? r->breqs : NULL;
     sb_audit_item items[SB_MAX_BATCH_ITEMS];
     sb_audit_record rec = {.wall_ms = r->wall_ms, .request_id = sb_audit_cstr(r->request_id)};
 
@@ -249,12 +302,16 @@ static enum MHD_Result respond_error(sb_api_req *r, sb_err err, const char *why,
     return send_answer(r, status, resp, sb_err_code(err));
 }
 
+#define DEADLINE_WHY "no answer within the request's deadline (REQUEST_TIMEOUT_SECONDS)"
+
 static enum MHD_Result respond_single(sb_api_req *r)
 {
     sb_broker_req *b = &r->breqs[0];
     const sb_target *t = &r->targets[0];
     sb_buf buf;
 
+    if (!item_ready(r, 0))
+        return respond_error(r, SB_E_TIMEOUT, DEADLINE_WHY, -1);
     if (b->err != SB_OK)
         return respond_error(r, b->err, b->detail, b->retry_after_s);
 
@@ -276,6 +333,17 @@ static enum MHD_Result respond_single(sb_api_req *r)
         return respond_error(r, SB_E_INTERNAL, "the secret could not be rendered", -1);
     }
     return send_answer(r, 200, sb_server_response_buf(&buf, JSON_TYPE, r->request_id), b->reason);
+}
+
+static sb_err render_late_item(sb_buf *buf, const sb_target *t, const sb_broker_req *b)
+{
+    sb_err rc = sb_render_item_head(buf, t->name, b->ns, t->key, sb_err_http_status(SB_E_TIMEOUT));
+
+    if (rc == SB_OK)
+        rc = sb_render_item_error(buf, SB_E_TIMEOUT, DEADLINE_WHY);
+    if (rc == SB_OK)
+        rc = sb_buf_append(buf, "}", 1);
+    return rc;
 }
 
 static sb_err render_item(sb_buf *buf, const sb_target *t, sb_broker_req *b)
@@ -315,7 +383,9 @@ static enum MHD_Result respond_batch(sb_api_req *r)
     for (size_t i = 0; i < r->count && rc == SB_OK; i++) {
         if (i)
             rc = sb_buf_append(&buf, ",", 1);
-        if (rc == SB_OK)
+        if (rc == SB_OK && !item_ready(r, i))
+            rc = render_late_item(&buf, &r->targets[i], &r->breqs[i]);
+        else if (rc == SB_OK)
             rc = render_item(&buf, &r->targets[i], &r->breqs[i]);
     }
     if (rc == SB_OK)
@@ -335,14 +405,48 @@ static enum MHD_Result respond_results(sb_api_req *r)
     return respond_single(r);
 }
 
+/* Loop thread: lets the handler answer. ready[] is fixed from here on. */
+static void resume(sb_api_req *r)
+{
+    r->resumed = true;
+    if (r->deadline) {
+        r->deadline->r = NULL;
+        r->deadline = NULL;
+    }
+    MHD_resume_connection(r->conn);
+}
+
 static void on_broker_done(sb_broker_req *b, void *ud)
 {
     sb_api_req *r = ud;
 
-    /* The last completion resumes the connection; the handler then runs
-     * again on its HTTP thread and answers. */
-    if (atomic_fetch_sub(&r->pending, 1) == 1)
-        MHD_resume_connection(r->conn);
+    r->done[b - r->breqs] = true;
+    if (atomic_fetch_sub(&r->pending, 1) != 1)
+        return;
+    /* The last completion resumes the connection (unless the deadline
+     * did); the handler then runs again on its HTTP thread and answers. */
+    if (!r->resumed) {
+        memcpy(r->ready, r->done, r->count * sizeof(*r->done));
+        resume(r);
+    }
+    req_unref(r); /* the loop's reference */
+}
+
+/* Loop thread, at the request's deadline: answer now with what is done;
+ * the rest is 504. */
+static void on_deadline(void *ud)
+{
+    struct deadline *dl = ud;
+    sb_api_req *r = dl->r;
+
+    free(dl);
+    if (!r)
+        return; /* answered in time */
+    r->deadline = NULL;
+    SB_INFO("api", r->request_id, "deadline passed with %zu of %zu answers missing",
+            atomic_load(&r->pending), r->count);
+    memcpy(r->ready, r->done, r->count * sizeof(*r->done));
+    resume(r);
 }
 
 /* The namespace to read from (DESIGN.md section 4): the one asked for,
@@ -363,7 +467,7 @@ static sb_err resolve_ns(const sb_api_req *r, const sb_target *t, char *out, con
 static sb_err prepare(sb_api_req *r, const char **why)
 {
     const sb_server_deps *deps = sb_server_deps_of(r->srv);
-    int64_t deadline = sb_clock_mono_ms() + deps->cfg->request_timeout_ms;
+    int64_t deadline = r->start_us / 1000 + deps->cfg->request_timeout_ms;
 
     r->breqs = sb_xcalloc(r->count, sizeof(*r->breqs));
     for (size_t i = 0; i < r->count; i++) {
@@ -382,6 +486,7 @@ static sb_err prepare(sb_api_req *r, const char **why)
         b->retry_after_s = -1;
         b->detail = "";
     }
+    r->deadline_ms = deadline;
     return SB_OK;
 }
 
@@ -403,9 +508,18 @@ static enum MHD_Result dispatch(sb_api_req *r)
         return respond_results(r);
     }
 
+    r->done = sb_xcalloc(r->count, sizeof(*r->done));
+    r->ready = sb_xcalloc(r->count, sizeof(*r->ready));
+    for (size_t i = 0; i < r->count; i++)
+        r->done[i] = !needs_loop[i];
+    r->deadline = sb_xmalloc(sizeof(*r->deadline));
+    r->deadline->r = r;
     atomic_store(&r->pending, slow);
+    atomic_fetch_add(&r->refs, 1); /* the loop's, until the last completion */
     r->phase = PHASE_WAITING;
     MHD_suspend_connection(r->conn);
+    /* The timer first: submissions may complete before this returns. */
+    sb_http_call_at(deps->http, r->deadline_ms, on_deadline, r->deadline);
     for (size_t i = 0; i < r->count; i++) {
         if (needs_loop[i])
             sb_broker_submit(deps->broker, &r->breqs[i], on_broker_done, r);
@@ -425,11 +539,30 @@ static sb_metrics_id_reason id_reason(const char *why)
     return SB_METRICS_ID_BAD_SPIFFE_ID;
 }
 
+/* RATE_LIMIT_PER_SECOND per caller (DESIGN.md section 10): over it, 429
+ * with Retry-After, before anything is parsed or asked of the broker. */
+static bool rate_limited(sb_api_req *r, int *out_retry_s)
+{
+    const sb_server_deps *deps = sb_server_deps_of(r->srv);
+    int64_t retry_ms = 0;
+
+    if (!deps->rate ||
+        sb_ratelimit_take_identity(deps->rate, &r->caller, sb_clock_mono_ms(), &retry_ms))
+        return false;
+    sb_metrics_inc(SB_METRICS_RATE_LIMITED);
+    *out_retry_s = retry_ms > 0 ? (int)((retry_ms + 999) / 1000) : 1;
+    return true;
+}
+
 /* The rest of the final call, once the caller is known. */
 static enum MHD_Result serve(sb_api_req *r)
 {
     const char *why = NULL;
     sb_err err = SB_OK;
+    int retry_s = 0;
+
+    if (rate_limited(r, &retry_s))
+        return respond_error(r, SB_E_RATE_LIMITED, "too many requests from this caller", retry_s);
 
     if (r->parsed.route == SB_ROUTE_BATCH) {
         err = sb_request_parse_batch(r->body.data, r->body.len, &r->parsed.target, &r->targets,

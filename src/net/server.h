@@ -13,6 +13,7 @@
 #include "auth/identity.h"
 #include "auth/token.h"
 #include "broker/broker.h"
+#include "broker/ratelimit.h"
 #include "clients/kube.h"
 #include "core/config.h"
 #include "net/tls.h"
@@ -26,9 +27,10 @@ typedef struct sb_server_deps {
     sb_broker *broker;
     sb_audit *audit;
     sb_http *http;
-    sb_kube *kube;    /* NULL with the file backend */
-    sb_cache *cache;  /* NULL when the value cache is off */
-    sb_token *tokens; /* bearer token reviews; NULL when BEARER_TOKEN=off */
+    sb_kube *kube;      /* NULL with the file backend */
+    sb_cache *cache;    /* NULL when the value cache is off */
+    sb_token *tokens;   /* bearer token reviews; NULL when BEARER_TOKEN=off */
+    sb_ratelimit *rate; /* per-identity request rate; NULL when RATE_LIMIT_PER_SECOND=0 */
 } sb_server_deps;
 
 typedef enum sb_server_state {
@@ -38,8 +40,9 @@ typedef enum sb_server_state {
     SB_SERVER_STOPPING, /* grace over: new requests get 503, nothing reaches the loop */
 } sb_server_state;
 
-/* Binds both ports and starts their threads. SB_E_CONFIG/SB_E_IO with one
- * line in err. */
+/* Binds both ports and starts their threads, and a watchdog thread that
+ * closes API connections whose client is too slow (core/limits.h, "Slow
+ * clients"). SB_E_CONFIG/SB_E_IO with one line in err. */
 SB_MUST_CHECK sb_err sb_server_start(const sb_server_deps *deps, sb_server **out, char *err,
                                      size_t errlen);
 
@@ -87,7 +90,9 @@ struct MHD_Response *sb_server_response_secret(sb_secret *value, const char *con
                                                const char *request_id);
 
 /* Queues the response with status and drops the caller's reference to it;
- * close adds "Connection: close". */
+ * close adds "Connection: close", as does draining on the API port (keep-
+ * alive clients then reconnect elsewhere). From here the response has
+ * SB_MAX_SEND_MS to reach the client. */
 enum MHD_Result sb_server_queue(struct MHD_Connection *conn, int status, struct MHD_Response *resp,
                                 bool close);
 
