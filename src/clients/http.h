@@ -21,7 +21,8 @@ typedef struct sb_http_response {
     long status;        /* HTTP status, 0 when err is set */
     sb_buf body;        /* the answer's body (wiped when freed) */
     int retry_after_s;  /* Retry-After in seconds, -1 when absent */
-    const char *detail; /* transport failure in words (no secrets); "" when none */
+    const char *detail; /* transport failure in words; "" when none; valid only
+                         * during the callback (it may be libcurl's own text) */
     int64_t elapsed_us; /* submit to completion */
 } sb_http_response;
 

@@ -442,11 +442,27 @@ static bool retry_throttled(struct call *c, const sb_http_response *resp)
     return true;
 }
 
+static const char *transport_detail(sb_err err)
+{
+    switch (err) {
+    case SB_OK:
+        return "";
+    case SB_E_TIMEOUT:
+        return "the API server did not answer in time";
+    case SB_E_SHUTDOWN:
+        return "the broker is shutting down";
+    case SB_E_UPSTREAM:
+        return "the API server's answer could not be read";
+    default:
+        return "the API server could not be reached";
+    }
+}
+
 static void on_response(sb_http_response *resp, void *ud)
 {
     struct call *c = ud;
     sb_kube_result res = {.retry_after_s = resp->retry_after_s,
-                          .detail = resp->detail,
+                          .detail = transport_detail(resp->err),
                           .elapsed_us = resp->elapsed_us,
                           .status = resp->status};
 
@@ -461,6 +477,10 @@ static void on_response(sb_http_response *resp, void *ud)
     if (retry_throttled(c, resp))
         return;
 
+    /* libcurl's own words live only as long as this callback and may
+     * name hosts: they go to the debug log, callers get a fixed text. */
+    if (resp->err != SB_OK)
+        SB_DEBUG("kube", c->request_id, "%s %s: %s", c->method, c->path, resp->detail);
     res.err = resp->err != SB_OK ? resp->err : map_status(resp->status);
     if (resp->err == SB_OK && res.err != SB_OK)
         res.detail = "the API server refused the request";

@@ -31,7 +31,7 @@ typedef struct sb_kube_result {
     int retry_after_s;  /* -1 when absent */
     json_t *json;       /* the parsed answer (2xx only), owned by the caller of
                          * nothing: freed after the callback returns */
-    const char *detail; /* why it failed, safe to log (no secret material) */
+    const char *detail; /* why it failed: a static text, safe to log and show */
     int64_t elapsed_us;
 } sb_kube_result;
 

@@ -918,6 +918,12 @@ def needs_root_tools():
 def test_runtime_dir_alone_runs_the_broker(broker_binary, tmp_path):
     root = tmp_path / "rt"
     runtime_dir(broker_binary, root)
+    libs = subprocess.run(["ldd", str(broker_binary)], capture_output=True, text=True).stdout
+    if "libasan" in libs:
+        # A sanitizer runtime reads its options from /proc, which this chroot
+        # lacks, so LeakSanitizer fails at exit; the next test covers the
+        # contained start with /proc mounted.
+        pytest.skip("the sanitizer build needs /proc; the shipped build is what this checks")
     out = subprocess.run([shutil.which("chroot"), str(root), f"/{broker_binary.name}",
                           "--version"], capture_output=True, text=True, timeout=30, env={})
     assert out.returncode == 0 and out.stdout.startswith("secrets-broker "), out
