@@ -111,3 +111,318 @@ def test_kube_429_retry_after_is_waited_out(start_broker, make_ns, make_caller, 
     assert r.headers.get("Retry-After") == "30"
     assert kube_proxy.count(since=mark, path_re=f"/{ns}/secrets/later$") == 1
     assert took < 5
+
+
+# The API server paused (SIGSTOP): stale values and decisions when allowed,
+# 503 for everyone else within the deadline, the breaker open then closed.
+
+@contextmanager
+def paused(kube):
+    """kube-apiserver stopped with SIGSTOP; always resumed (other tests
+    share it)."""
+    kube.apiserver.signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        kube.apiserver.signal(signal.SIGCONT)
+
+
+OUTAGE_ENV = {**K8S_ONLY, "K8S_TIMEOUT_SECONDS": "1", "REQUEST_TIMEOUT_SECONDS": "4",
+              "CACHE_TTL_SECONDS": "1", "STALE_IF_ERROR_SECONDS": "300",
+              "AUTHZ_ALLOW_TTL_SECONDS": "8", "BREAKER_FAILURE_THRESHOLD": "2",
+              "BREAKER_OPEN_SECONDS": "4"}
+REQUEST_DEADLINE = 4.0
+SLACK = 3.0  # a loaded machine
+
+
+@pytest.mark.slow
+@pytest.mark.asan
+def test_api_server_paused(start_broker, kube, make_ns, make_caller, kube_admin, canaries):
+    ns = make_ns()
+    values = {n: canaries.make(n) for n in ("db", "cold")}
+    for name, value in values.items():
+        kube_admin.create_secret(ns, name, string_data={"p": value})
+    warm, cold = make_caller(ns, "warm"), make_caller(ns, "cold")
+    warm.grant("db")
+    cold.grant("cold")
+    nobody_cert = make_caller(ns, "nobody").cert  # no RBAC at all
+    wait_granted(kube_admin, ns, "warm", "db")
+    wait_granted(kube_admin, ns, "cold", "cold")
+    # Two brokers on the same outage: decisions stale-if-error off (the
+    # default) and on.
+    strict = start_broker(aws=False, env=OUTAGE_ENV)
+    lenient = start_broker(aws=False, env={**OUTAGE_ENV, "AUTHZ_STALE_IF_ERROR_SECONDS": "300"})
+    brokers = (strict, lenient)
+    clients = {b: {c.sa: c.client(b, 30) for c in (warm, cold)} for b in brokers}
+    nobody = {b: b.client(nobody_cert, 30) for b in brokers}
+
+    for b in brokers:
+        r = clients[b]["warm"].secret("db", "p")
+        assert r.status == 200 and r.body == values["db"].encode(), r
+    warmed = time.monotonic()
+    time.sleep(1.2)  # the values' TTL (1 s) passes: only stale copies remain
+
+    with paused(kube):
+        # Callers with nothing cached trip each breaker: 503 within the
+        # deadline (the API server's own timeout, 1 s, is shorter).
+        for b in brokers:
+            for _ in range(2):
+                r, took = timed(lambda: clients[b]["cold"].secret("cold"))
+                assert r.status == 503 and r.json()["error"]["code"] == "backend_unavailable", r
+                assert took < REQUEST_DEADLINE + SLACK
+            assert eventually(lambda: breaker_state(b, "kubernetes") == 2, 5)
+            ready = b.readyz()
+            assert ready.status_code == 503, ready.text
+            assert ready.json()["checks"]["kubernetes"] == "open"
+            assert ready.json()["status"] == "unavailable"
+
+        # Open breaker: answers come at once. The warm caller's decision
+        # is fresh and its value was cached: it gets the stale value.
+        for b in brokers:
+            r, took = timed(lambda: clients[b]["warm"].secret("db", "p"))
+            assert time.monotonic() - warmed < 8, "the machine is too slow for this test"
+            assert r.status == 200 and r.body == values["db"].encode(), r
+            assert took < 1.0 + SLACK
+            r, took = timed(lambda: clients[b]["cold"].secret("cold"))
+            assert r.status == 503, r
+            assert "circuit breaker is open" in r.json()["error"]["message"]
+            assert int(r.headers["Retry-After"]) >= 1
+            assert took < 1.0 + SLACK
+            r = nobody[b].secret("db")
+            assert r.status == 503, r  # unknown: neither 403 nor the value
+
+        # The warm caller's decision expires (AUTHZ_ALLOW_TTL_SECONDS=8)
+        # and cannot be renewed: only AUTHZ_STALE_IF_ERROR_SECONDS serves.
+        time.sleep(max(0.0, warmed + 8.2 - time.monotonic()))
+        r, took = timed(lambda: clients[strict]["warm"].secret("db", "p"))
+        assert r.status == 503, r
+        assert took < REQUEST_DEADLINE + SLACK
+        r, took = timed(lambda: clients[lenient]["warm"].secret("db", "p"))
+        assert r.status == 200 and r.body == values["db"].encode(), r
+        assert took < REQUEST_DEADLINE + SLACK
+
+    # The API server is back: the next call after the open period probes
+    # it, and the breaker closes.
+    for b in brokers:
+        def closed():
+            r = clients[b]["warm"].secret("db", "p")
+            return r.status == 200 and breaker_state(b, "kubernetes") == 0
+        assert eventually(closed, 20, 0.3), b.readyz().text
+        ready = b.readyz()
+        assert ready.status_code == 200 and ready.json()["checks"]["kubernetes"] == "closed"
+        assert metric(b, "secrets_broker_breaker_transitions_total",
+                      backend="kubernetes", to="open") >= 1
+        assert metric(b, "secrets_broker_breaker_transitions_total",
+                      backend="kubernetes", to="closed") >= 1
+        assert clients[b]["cold"].secret("cold").status == 200
+
+    reasons = [(rec["caller"]["service_account"], rec["response"]["status_code"], rec["reason"])
+               for rec in lenient.audit_records()]
+    assert ("warm", 200, "stale_if_error") in reasons
+    strict_reasons = {rec["reason"] for rec in strict.audit_records()
+                      if rec["caller"]["service_account"] == "warm"}
+    assert "stale_if_error" in strict_reasons
+
+
+
+# moto throttling every call: at most three attempts a request, and no
+# retry storm. "Offered" is what the callers ask of the broker: every
+# request they send, whether or not it reaches AWS. With the breaker on,
+# most are refused without a call, so the bound is met trivially; with it
+# (nearly) off, only the retry budget keeps AWS's load near the offered.
+
+def load(clients, names, threads=6, **params):
+    """Requests every name once, spread over `threads` threads (each with
+    its own client). Returns {name: Reply}."""
+    todo = list(names)
+    lock = threading.Lock()
+    replies = {}
+
+    def worker(client):
+        while True:
+            with lock:
+                if not todo:
+                    return
+                name = todo.pop()
+            replies[name] = client.secret(name, **params)
+
+    workers = [threading.Thread(target=worker, args=(clients[i % len(clients)],))
+               for i in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join(120)
+    return replies
+
+
+def attempts_by_id(aws, since):
+    counts = {}
+    for rec in aws.proxy.requests(since=since, action="GetSecretValue"):
+        sid = json.loads(rec.body)["SecretId"]
+        counts[sid] = counts.get(sid, 0) + 1
+    return counts
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("breaker", ["off", "on"])
+def test_aws_throttling_makes_no_retry_storm(breaker, start_broker, aws, kube_admin, ns,
+                                             make_caller, canaries):
+    offered = 150
+    names = [f"busy-{i:03d}" for i in range(offered)]
+    app = make_caller(ns)
+    app.grant()  # every secret of the namespace
+    wait_granted(kube_admin, ns, "app", names[0])
+    env = {**AWS_ONLY, "AWS_BATCH_WINDOW_MS": "0", "REQUEST_TIMEOUT_SECONDS": "10"}
+    env.update({"BREAKER_FAILURE_THRESHOLD": "1000"} if breaker == "off" else
+               {"BREAKER_FAILURE_THRESHOLD": "5", "BREAKER_OPEN_SECONDS": "1"})
+    broker = start_broker(env=env)
+    clients = [app.client(broker, 60) for _ in range(6)]
+    rule = aws.proxy.add_rule(Respond(400, THROTTLED, JSON_11), action="GetSecretValue",
+                              predicate=lambda rec: f"/{ns}/".encode() in rec.body)
+    mark = aws.proxy.mark()
+    try:
+        replies = load(clients, names)
+    finally:
+        aws.proxy.remove_rule(rule)
+
+    assert len(replies) == offered
+    assert {r.status for r in replies.values()} == {503}, replies
+    attempts = attempts_by_id(aws, mark)
+    upstream = sum(attempts.values())
+    assert max(attempts.values()) <= 3, attempts
+    assert upstream <= 1.2 * offered, (upstream, offered)
+    if breaker == "off":
+        # Every request reached AWS, and the budget's retries were used.
+        assert len(attempts) == offered
+        assert upstream > offered
+        assert {r.json()["error"]["code"] for r in replies.values()} == {"backend_throttled"}
+    else:
+        opened = metric(broker, "secrets_broker_breaker_transitions_total",
+                        backend="aws-secrets-manager", to="open")
+        assert opened >= 1
+        refused = [r for r in replies.values()
+                   if "circuit breaker is open" in r.json()["error"]["message"]]
+        assert len(refused) > offered / 2, upstream
+        assert upstream < offered / 2
+    print(f"\n{breaker}: {offered} offered, {upstream} GetSecretValue calls, "
+          f"{len(attempts)} secrets reached AWS")
+
+    # AWS answers again: so does the broker (after the open period).
+    value = canaries.make("after")
+    aws.create_secret(aws.secret_id(ns, "after"), {"v": value})
+    assert eventually(lambda: clients[0].secret("after").status == 200, 20, 0.3)
+
+
+# Request deadlines (REQUEST_TIMEOUT_SECONDS): 504 for what is not done,
+# and the broker's late answers harm nothing.
+
+@pytest.mark.asan
+def test_deadline_answers_504_and_late_answers_are_harmless(
+        start_broker, make_ns, make_caller, kube_admin, kube_proxy, canaries):
+    broker = start_broker(aws=False, via_kube_proxy=True,
+                          env={**K8S_ONLY, "REQUEST_TIMEOUT_SECONDS": "2",
+                               "K8S_TIMEOUT_SECONDS": "20"})
+    ns = make_ns()
+    values = {n: canaries.make(n) for n in ("slow", "slow2", "fast")}
+    for name, value in values.items():
+        kube_admin.create_secret(ns, name, string_data={"p": value})
+    app = make_caller(ns)
+    app.grant(*values)
+    wait_granted(kube_admin, ns, "app", *values)
+    client = app.client(broker, 30)
+    rule = kube_proxy.add_rule(Delay(3.5), predicate=lambda rec: "/secrets/slow" in rec.path)
+    try:
+        r, took = timed(lambda: client.secret("slow", "p"))
+        assert r.status == 504 and r.json()["error"]["code"] == "gateway_timeout", r
+        assert 1.9 <= took < 2 + SLACK
+        time.sleep(2.0)  # the late answer arrives after its request was answered
+
+        # It was kept: the value is served from the cache now.
+        r, took = timed(lambda: client.secret("slow", "p"))
+        assert r.status == 200 and r.body == values["slow"].encode(), r
+        assert took < 1.0 + SLACK
+
+        # A batch answers what is done and 504 for each item that is not.
+        r, took = timed(lambda: client.batch([{"name": "fast", "key": "p"},
+                                              {"name": "slow2", "key": "p"}]))
+        assert r.status == 200, r
+        results = r.json()["results"]
+        assert [x["status"] for x in results] == [200, 504], results
+        assert results[0]["value"] == values["fast"]
+        assert results[1]["error"]["code"] == "gateway_timeout"
+        assert 1.9 <= took < 2 + SLACK
+        time.sleep(2.0)
+    finally:
+        kube_proxy.remove_rule(rule)
+
+    assert client.secret("slow2", "p").body == values["slow2"].encode()
+    single = [rec for rec in broker.audit_records() if rec["request"]["secret_name"] == "slow"]
+    assert [rec["response"]["status_code"] for rec in single] == [504, 200]
+    assert single[0]["reason"] == "gateway_timeout" and single[0]["decision"] == "none"
+    batch = [rec for rec in broker.audit_records() if rec["request"].get("batch_items") == 2]
+    assert [i["status_code"] for i in batch[0]["items"]] == [200, 504]
+    assert metric(broker, "secrets_broker_requests_total", endpoint="key", code="504") == 1
+
+
+# MAX_INFLIGHT_BACKEND_CALLS: calls over the cap are refused at once, and
+# that is the broker's overload, not the backend's: the breaker stays shut.
+
+def test_inflight_cap_refuses_at_once_without_tripping_the_breaker(
+        start_broker, make_ns, make_caller, kube_admin, kube_proxy, canaries):
+    broker = start_broker(aws=False, via_kube_proxy=True,
+                          env={**K8S_ONLY, "MAX_INFLIGHT_BACKEND_CALLS": "2",
+                               "BREAKER_FAILURE_THRESHOLD": "1"})
+    ns = make_ns()
+    names = [f"s{i}" for i in range(6)]
+    for name in names:
+        kube_admin.create_secret(ns, name, string_data={"p": canaries.make(name)})
+    app = make_caller(ns)
+    app.grant(*names)
+    wait_granted(kube_admin, ns, "app", *names)
+    rule = kube_proxy.add_rule(Delay(2.0), predicate=secret_path_of(ns))
+    replies = {}
+    try:
+        def one(name):
+            replies[name] = timed(lambda: app.client(broker, 30).secret(name))
+        threads = [threading.Thread(target=one, args=(n,)) for n in names]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    finally:
+        kube_proxy.remove_rule(rule)
+
+    served = [n for n, (r, _) in replies.items() if r.status == 200]
+    refused = [(r, took) for r, took in replies.values() if r.status == 503]
+    assert len(served) >= 1 and len(served) + len(refused) == len(names), replies
+    assert refused, replies
+    for r, took in refused:
+        assert r.json()["error"]["message"] == "too many backend calls in flight"
+        assert took < 2.0  # refused at once, not after the 2 s the others waited
+    assert breaker_state(broker, "kubernetes") == 0
+    assert broker.readyz().status_code == 200
+
+
+# Per-identity rate limits: a noisy caller gets 429, a quiet one does not.
+
+def test_rate_limit_is_per_identity(start_broker, ns, make_caller, kube_admin, canaries):
+    kube_admin.create_secret(ns, "db", string_data={"p": canaries.make("rate")})
+    noisy, quiet = make_caller(ns, "noisy"), make_caller(ns, "quiet")
+    noisy.grant("db")
+    quiet.grant("db")
+    wait_granted(kube_admin, ns, "noisy", "db")
+    wait_granted(kube_admin, ns, "quiet", "db")
+    broker = start_broker(aws=False, env={**K8S_ONLY, "RATE_LIMIT_PER_SECOND": "2",
+                                          "RATE_LIMIT_BURST": "5"})
+    loud, calm = noisy.client(broker), quiet.client(broker)
+
+    noisy_replies = [loud.secret("db") for _ in range(30)]
+    calm_replies = [calm.secret("db") for _ in range(4)]
+    limited = [r for r in noisy_replies if r.status == 429]
+    assert len(limited) >= 30 - 5 - 2 * 10, noisy_replies  # burst, plus refill while sending
+    assert all(r.status in (200, 429) for r in noisy_replies)
+    for r in limited:
+        assert r.json()["error"]["code"] == "rate_limited"
+        assert int(r.headers["Retry-After"]) >= 1
+    assert [r.status for r in calm_replies] == [200] * 4
+    assert metric(broker, "secrets_broker_rate_limited_total") == len(limited)
