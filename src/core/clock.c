@@ -29,13 +29,28 @@ int64_t sb_clock_wall_ms(void)
 
 void sb_clock_rfc3339(int64_t wall_ms, char out[SB_CLOCK_RFC3339_LEN])
 {
-    time_t secs = (time_t)(wall_ms / 1000);
-    struct tm tm;
-    size_t n;
+    /* Every audit record and log line has a time stamp: the date part is
+     * formatted once per second and thread, the milliseconds by hand. */
+    static _Thread_local int64_t cached_sec = -1;
+    static _Thread_local char cached[24];
+    static _Thread_local size_t cached_len;
+    int64_t sec = wall_ms / 1000;
+    unsigned ms = (unsigned)(wall_ms % 1000);
 
-    gmtime_r(&secs, &tm);
-    n = strftime(out, SB_CLOCK_RFC3339_LEN, "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(out + n, SB_CLOCK_RFC3339_LEN - n, ".%03uZ", (unsigned)(wall_ms % 1000) % 1000u);
+    if (sec != cached_sec) {
+        time_t t = (time_t)sec;
+        struct tm tm;
+        gmtime_r(&t, &tm);
+        cached_len = strftime(cached, sizeof(cached), "%Y-%m-%dT%H:%M:%S", &tm);
+        cached_sec = sec;
+    }
+    memcpy(out, cached, cached_len);
+    out[cached_len] = '.';
+    out[cached_len + 1] = (char)('0' + ms / 100);
+    out[cached_len + 2] = (char)('0' + ms / 10 % 10);
+    out[cached_len + 3] = (char)('0' + ms % 10);
+    out[cached_len + 4] = 'Z';
+    out[cached_len + 5] = '\0';
 }
 
 int sb_clock_parse_rfc3339(const char *s, int64_t *out_wall_ms)

@@ -25,7 +25,7 @@
 /* HTTP requests. The header limit is libmicrohttpd's per-connection memory
  * pool: request line and headers must fit in it, or it answers 431/414. */
 #define SB_MAX_URI           4096
-#define SB_MAX_CONN_MEMORY   (32 * 1024)
+#define SB_MAX_CONN_MEMORY   (16 * 1024)
 #define SB_MAX_BATCH_BODY    (128 * 1024)
 #define SB_MAX_BATCH_ITEMS   100
 #define SB_MAX_QUERY_ARGS    8

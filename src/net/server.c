@@ -475,15 +475,16 @@ static struct MHD_Daemon *start_api(sb_server *s, const struct sockaddr_storage 
         tls_opts[0].option = MHD_OPTION_END;
     }
 
+    /* The logger comes first so it also hears about the options after it. */
     return MHD_start_daemon(
-        flags, 0, NULL, NULL, on_api_request, s, MHD_OPTION_SOCK_ADDR, addr,
-        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->workers, MHD_OPTION_CONNECTION_LIMIT,
-        (unsigned)cfg->max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
+        flags, 0, NULL, NULL, on_api_request, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+        MHD_OPTION_SOCK_ADDR, addr, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->workers,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned)cfg->idle_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
         (size_t)SB_MAX_CONN_MEMORY, MHD_OPTION_STRICT_FOR_CLIENT, 1, MHD_OPTION_LISTEN_BACKLOG_SIZE,
         1024u, MHD_OPTION_NOTIFY_CONNECTION, on_connection, s, MHD_OPTION_URI_LOG_CALLBACK, on_uri,
-        s, MHD_OPTION_NOTIFY_COMPLETED, on_api_completed, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
-        NULL, MHD_OPTION_ARRAY, tls_opts, MHD_OPTION_END);
+        s, MHD_OPTION_NOTIFY_COMPLETED, on_api_completed, s, MHD_OPTION_ARRAY, tls_opts,
+        MHD_OPTION_END);
 }
 
 static struct MHD_Daemon *start_ops(sb_server *s, const struct sockaddr_storage *addr, bool v6)
@@ -491,10 +492,10 @@ static struct MHD_Daemon *start_ops(sb_server *s, const struct sockaddr_storage 
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG |
                      (v6 ? MHD_USE_IPv6 : 0);
 
-    return MHD_start_daemon(flags, 0, NULL, NULL, on_ops_request, s, MHD_OPTION_SOCK_ADDR, addr,
-                            MHD_OPTION_CONNECTION_LIMIT, 64u, MHD_OPTION_CONNECTION_TIMEOUT, 30u,
-                            MHD_OPTION_STRICT_FOR_CLIENT, 1, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
-                            NULL, MHD_OPTION_END);
+    return MHD_start_daemon(flags, 0, NULL, NULL, on_ops_request, s, MHD_OPTION_EXTERNAL_LOGGER,
+                            mhd_log, NULL, MHD_OPTION_SOCK_ADDR, addr, MHD_OPTION_CONNECTION_LIMIT,
+                            64u, MHD_OPTION_CONNECTION_TIMEOUT, 30u, MHD_OPTION_STRICT_FOR_CLIENT,
+                            1, MHD_OPTION_END);
 }
 
 static void server_free(sb_server *s)

@@ -89,7 +89,6 @@ static int verify_client(gnutls_session_t session)
     unsigned status = 0;
     const gnutls_datum_t *chain;
     unsigned n = 0;
-    const char *why = NULL;
 
     chain = gnutls_certificate_get_peers(session, &n);
     if (!chain || n == 0)
@@ -112,11 +111,9 @@ static int verify_client(gnutls_session_t session)
         return refuse(session, r, alert, "chain, validity or purpose");
     }
 
-    /* A CA certificate must not act as a client (X509-SVID section 5.2). */
-    if (sb_identity_check_leaf(chain[0].data, chain[0].size, &why) != SB_OK)
-        return refuse(session,
-                      strstr(why, "CA") ? SB_METRICS_TLS_CA_AS_LEAF : SB_METRICS_TLS_BAD_PURPOSE,
-                      GNUTLS_A_UNSUPPORTED_CERTIFICATE, why);
+    /* That the leaf is no CA (X509-SVID section 5.2) was checked when its
+     * Certificate message arrived (on_certificate_msg), before this runs;
+     * the identity is parsed once more per connection, later. */
     return 0;
 }
 

@@ -101,12 +101,25 @@ static void put(line *l, const char *s, size_t n)
 
 #define PUT_LIT(l, s) put((l), (s), sizeof(s) - 1)
 
+/* Decimal digits of v, written backwards from end; returns the start. */
+static char *format_u64(char *end, unsigned long long v)
+{
+    do {
+        *--end = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    return end;
+}
+
 static void put_int(line *l, long long v)
 {
     char num[24];
-    int n = snprintf(num, sizeof(num), "%lld", v);
+    char *end = num + sizeof(num);
+    char *p = format_u64(end, v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v);
 
-    put(l, num, (size_t)n);
+    if (v < 0)
+        *--p = '-';
+    put(l, p, (size_t)(end - p));
 }
 
 static void put_bool(line *l, bool v)
@@ -418,20 +431,37 @@ static int write_all(sb_audit *a, const char *p, size_t n)
     return 0;
 }
 
+/* Writes the record's head, [\n]{"ts":"<ts>","seq":<seq>, so that it ends
+ * at end (right to left, without formatting calls: this runs for every
+ * request); returns where it starts. */
+static char *head_before(char *end, const char *ts, unsigned long long seq, bool torn)
+{
+    static const char open[] = "{\"ts\":\"";
+    static const char seq_key[] = "\",\"seq\":";
+    size_t tslen = strlen(ts);
+    char *p = end;
+
+    *--p = ',';
+    p = format_u64(p, seq);
+    p -= sizeof(seq_key) - 1;
+    memcpy(p, seq_key, sizeof(seq_key) - 1);
+    p -= tslen;
+    memcpy(p, ts, tslen);
+    p -= sizeof(open) - 1;
+    memcpy(p, open, sizeof(open) - 1);
+    if (torn)
+        *--p = '\n';
+    return p;
+}
+
 /* Puts the head in front of the body, numbers the record and writes it. */
 static int write_record(sb_audit *a, line *l, const char *ts)
 {
-    char head[HEAD_ROOM];
-    size_t start;
-    int n;
     int err;
 
     pthread_mutex_lock(&a->lock);
-    n = snprintf(head, sizeof(head), "%s{\"ts\":\"%s\",\"seq\":%llu,", a->torn ? "\n" : "", ts,
-                 (unsigned long long)++a->seq);
-    start = HEAD_ROOM - (size_t)n;
-    memcpy(l->data + start, head, (size_t)n);
-    err = a->fd < 0 ? EBADF : write_all(a, l->data + start, l->len - start);
+    char *start = head_before(l->data + HEAD_ROOM, ts, ++a->seq, a->torn);
+    err = a->fd < 0 ? EBADF : write_all(a, start, (size_t)(l->data + l->len - start));
 
     /* Health follows the last write in sink order, so it is set here. */
     a->last_err = err;

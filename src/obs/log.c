@@ -55,20 +55,24 @@ size_t sb_json_escape(char *out, size_t outlen, const char *s, size_t n, size_t 
         char esc[8];
         size_t elen = 0;
 
+        /* The common case, a plain character, without the copy below. */
+        if (c >= 0x20 && c < 0x7f && c != '"' && c != '\\') {
+            if (pos + 1 >= outlen)
+                break;
+            out[pos++] = (char)c;
+            continue;
+        }
         if (c == '"' || c == '\\') {
             esc[0] = '\\';
             esc[1] = (char)c;
             elen = 2;
-        } else if (c < 0x20 || c >= 0x7f) {
-            /* Non-ASCII is escaped byte by byte: lines stay valid JSON and
-             * ASCII-only whatever the input's encoding. */
+        } else {
+            /* Control characters, and non-ASCII byte by byte: lines stay
+             * valid JSON and ASCII-only whatever the input's encoding. */
             memcpy(esc, "\\u00", 4);
             esc[4] = hex[c >> 4];
             esc[5] = hex[c & 15];
             elen = 6;
-        } else {
-            esc[0] = (char)c;
-            elen = 1;
         }
         if (pos + elen >= outlen)
             break;
