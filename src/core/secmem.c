@@ -1,7 +1,10 @@
 /* Secret memory (see secmem.h). Chunks of 1 MiB are mapped on demand and
- * cut into 64 KiB runs; each run serves one size class, handing out blocks
- * from its start and taking freed blocks back on a per-class free list.
- * Chunks are never unmapped, so the arena is as large as its peak. Freed
+ * cut into runs of 4 to 64 KiB (sixteen blocks, in whole pages); each run
+ * serves one size class, handing out blocks from its start and taking
+ * freed blocks back on a per-class free list. A run is locked in RAM when
+ * it is cut, so only runs in use are resident: a few small blocks in many
+ * classes take a few pages each, not a whole chunk. Chunks are never
+ * unmapped, so the arena is as large as its peak. Freed
  * blocks are wiped before they go on the list; the list pointer in their
  * first bytes is the only thing a freed block holds. The process is also
  * non-dumpable (sb_secret_harden_process): MADV_DONTDUMP is the second line
@@ -20,7 +23,9 @@
 #include "core/secret.h"
 
 #define CHUNK_BYTES  (1024 * 1024)
-#define RUN_BYTES    (64 * 1024)
+#define RUN_BLOCKS   16
+#define RUN_MIN      (4 * 1024)
+#define RUN_MAX      (64 * 1024)
 #define SMALL_MAX    (16 * 1024) /* larger blocks get a mapping of their own */
 #define CLASSES      64          /* 8 of 16..128 bytes, then 8 per doubling to 16 KiB */
 #define LARGE_HEADER 32          /* keeps large blocks 16-byte aligned */
@@ -85,8 +90,9 @@ static size_t page_round(size_t n)
     return (n + page - 1) / page * page;
 }
 
-/* mlock is tried on every new mapping until it fails once (RLIMIT_MEMLOCK
- * reached, or no CAP_IPC_LOCK where the limit is 0), then never again. */
+/* mlock is tried on every new run and large block until it fails once
+ * (RLIMIT_MEMLOCK reached, or no CAP_IPC_LOCK where the limit is 0), then
+ * never again. */
 static void try_lock(void *p, size_t len)
 {
     if (atomic_load(&lock_state) < 0)
@@ -99,6 +105,8 @@ static void try_lock(void *p, size_t len)
     atomic_compare_exchange_strong(&lock_state, &untried, 1);
 }
 
+/* Maps len bytes kept out of core dumps and forks; the caller locks what
+ * it uses. */
 static void *map_secret(size_t len)
 {
     void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -111,24 +119,38 @@ static void *map_secret(size_t len)
 #ifdef MADV_WIPEONFORK
     madvise(p, len, MADV_WIPEONFORK);
 #endif
-    try_lock(p, len);
     return p;
 }
 
-/* A fresh run for a size class. Called with the class lock held. */
-static void new_run(struct size_class *sc)
+/* A run's length for blocks of size bytes: room for RUN_BLOCKS of them in
+ * whole pages, within RUN_MIN and RUN_MAX (a multiple of the page size,
+ * which divides CHUNK_BYTES). */
+static size_t run_bytes(size_t size)
 {
+    size_t n = size * RUN_BLOCKS;
+
+    n = n < RUN_MIN ? RUN_MIN : n > RUN_MAX ? RUN_MAX : n;
+    return page_round(n);
+}
+
+/* A fresh run for a size class. Called with the class lock held. */
+static void new_run(struct size_class *sc, size_t size)
+{
+    size_t len = run_bytes(size);
+
     pthread_mutex_lock(&arena_lock);
-    if (!chunks || chunks->used == CHUNK_BYTES) {
+    /* The tail of a chunk too short for this run stays unused. */
+    if (!chunks || CHUNK_BYTES - chunks->used < len) {
         struct chunk *c = sb_xcalloc(1, sizeof(*c));
         c->base = map_secret(CHUNK_BYTES);
         c->older = chunks;
         chunks = c;
     }
     sc->next = chunks->base + chunks->used;
-    sc->end = sc->next + RUN_BYTES;
-    chunks->used += RUN_BYTES;
+    sc->end = sc->next + len;
+    chunks->used += len;
     pthread_mutex_unlock(&arena_lock);
+    try_lock(sc->next, len);
 }
 
 static void *small_alloc(size_t idx)
@@ -144,7 +166,7 @@ static void *small_alloc(size_t idx)
         memset(p, 0, sizeof(void *));
     } else {
         if (!sc->next || (size_t)(sc->end - sc->next) < size)
-            new_run(sc);
+            new_run(sc, size);
         p = sc->next;
         sc->next += size;
     }
@@ -168,6 +190,7 @@ static void *large_alloc(size_t size)
     size_t len = page_round(LARGE_HEADER + size);
     struct large *l = map_secret(len);
 
+    try_lock(l, len);
     l->map_len = len;
     l->size = size;
     pthread_mutex_lock(&arena_lock);
@@ -236,6 +259,8 @@ bool sb_secmem_locked(void)
         struct chunk *c = sb_xcalloc(1, sizeof(*c));
         c->base = map_secret(CHUNK_BYTES);
         chunks = c;
+        /* One page tells whether locking works; runs are locked as cut. */
+        try_lock(c->base, page_round(1));
     }
     pthread_mutex_unlock(&arena_lock);
     return atomic_load(&lock_state) == 1;

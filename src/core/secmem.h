@@ -26,7 +26,8 @@ size_t sb_secmem_footprint(size_t size);
 size_t sb_secmem_in_use(void);
 
 /* Whether secret memory is locked in RAM: mlock succeeded on the first
- * chunk and has not failed since (it is not tried again once it fails).
+ * chunk's first page and on every run since (it is not tried again once
+ * it fails).
  * Maps the first chunk if none is yet, so the answer is meaningful at
  * start-up, where main logs it once. */
 bool sb_secmem_locked(void);
