@@ -11,14 +11,19 @@
 sb_secret_doc *sb_doc_new(sb_backend_kind backend, const char *ns, const char *name,
                           const char *version)
 {
-    sb_secret_doc *doc = sb_xcalloc(1, sizeof(*doc));
+    /* One allocation for the document and its three names: a cache of
+     * many small secrets holds one of these per entry. */
+    size_t ns_len = strlen(ns) + 1, name_len = strlen(name) + 1;
+    size_t version_len = (version ? strlen(version) : 0) + 1;
+    sb_secret_doc *doc = sb_xcalloc(1, sizeof(*doc) + ns_len + name_len + version_len);
+    char *names = (char *)(doc + 1);
 
     atomic_init(&doc->refs, 1);
     doc->backend = backend;
-    doc->ns = sb_xstrdup(ns);
-    doc->name = sb_xstrdup(name);
-    doc->version = sb_xstrdup(version ? version : "");
-    doc->bytes = sizeof(*doc) + strlen(ns) + strlen(name) + strlen(doc->version) + 3;
+    doc->ns = memcpy(names, ns, ns_len);
+    doc->name = memcpy(names + ns_len, name, name_len);
+    doc->version = memcpy(names + ns_len + name_len, version ? version : "", version_len);
+    doc->bytes = sizeof(*doc) + ns_len + name_len + version_len;
     return doc;
 }
 
@@ -93,8 +98,5 @@ void sb_doc_unref(sb_secret_doc *doc)
         sb_secret_unref(doc->items[i].value);
     }
     free(doc->items);
-    free(doc->ns);
-    free(doc->name);
-    free(doc->version);
     free(doc);
 }

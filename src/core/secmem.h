@@ -1,7 +1,7 @@
 /* Memory for secret bytes: an arena of mmap'd chunks kept out of core dumps
  * (MADV_DONTDUMP), locked in RAM when the system allows it, and wiped on
- * free. Small blocks come from size classes (at most 1/8 wasted above 128
- * bytes), so a cached 1 KiB secret costs about 1.1 KiB; blocks over 16 KiB
+ * free. Small blocks come from size classes (at most 1/16 wasted above 256
+ * bytes), so a cached 1 KiB secret costs 1,088 bytes; blocks over 16 KiB
  * get a mapping of their own, unmapped on free. Used by secret.c; other
  * code uses sb_secret and sb_buf instead. */
 #ifndef SB_CORE_SECMEM_H
