@@ -14,7 +14,7 @@
 #define SB_MAX_SPIFFE_ID    2048 /* SPIFFE ID spec: URIs longer than this are invalid */
 #define SB_MAX_TRUST_DOMAIN 255
 #define SB_MAX_CERT_CHAIN   8     /* certificates accepted in a client chain */
-#define SB_MAX_BEARER_TOKEN 16384 /* projected ServiceAccount tokens are ~1 KiB */
+#define SB_MAX_BEARER_TOKEN 8192  /* projected ServiceAccount tokens are ~1 KiB */
 #define SB_MAX_SERIAL_HEX   64    /* X.509 serials are at most 20 bytes */
 #define SB_MAX_CERT_SANS    64    /* subject alternative names read from a client cert */
 #define SB_MAX_CERT_EKUS    16    /* extended key usages read from a client cert */

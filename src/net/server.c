@@ -57,6 +57,8 @@ struct sb_server {
     atomic_int state;
     atomic_int active;
     atomic_int working; /* handlers inside begin/end_work */
+    atomic_int open;    /* API connections, for MAX_CONNECTIONS */
+    int max_open;
     sb_identity_opts id_opts;
 
     pthread_mutex_t conns_lock; /* guards conns and each ctx's list links and shut */
@@ -270,10 +272,12 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
             free(ctx);
             *socket_context = NULL;
         }
+        atomic_fetch_sub(&s->open, 1);
         sb_metrics_gauge_add(SB_METRICS_CONNECTIONS, -1);
         return;
     }
 
+    atomic_fetch_add(&s->open, 1);
     sb_metrics_gauge_add(SB_METRICS_CONNECTIONS, 1);
     ctx = sb_xcalloc(1, sizeof(*ctx));
     ctx->srv = s;
@@ -454,6 +458,23 @@ static sb_err make_addr(const char *host, int port, struct sockaddr_storage *out
     return SB_E_CONFIG;
 }
 
+/* MAX_CONNECTIONS: a connection past it is closed on arrival, so its
+ * client fails over at once. (libmicrohttpd's own limit stops accepting
+ * instead, which leaves new clients waiting in the listen queue; it is set
+ * a little higher, as the backstop for the few accepted between this
+ * check and the count in on_connection.) */
+static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen_t addrlen)
+{
+    sb_server *s = cls;
+
+    (void)addr;
+    (void)addrlen;
+    if (atomic_load(&s->open) < s->max_open)
+        return MHD_YES;
+    sb_metrics_inc(SB_METRICS_CONNECTIONS_REFUSED);
+    return MHD_NO;
+}
+
 static struct MHD_Daemon *start_api(sb_server *s, const struct sockaddr_storage *addr, bool v6)
 {
     const sb_config *cfg = s->deps.cfg;
@@ -475,16 +496,18 @@ static struct MHD_Daemon *start_api(sb_server *s, const struct sockaddr_storage 
         tls_opts[0].option = MHD_OPTION_END;
     }
 
+    s->max_open = cfg->max_connections;
     /* The logger comes first so it also hears about the options after it. */
-    return MHD_start_daemon(
-        flags, 0, NULL, NULL, on_api_request, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
-        MHD_OPTION_SOCK_ADDR, addr, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->workers,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned)cfg->idle_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-        (size_t)SB_MAX_CONN_MEMORY, MHD_OPTION_STRICT_FOR_CLIENT, 1, MHD_OPTION_LISTEN_BACKLOG_SIZE,
-        1024u, MHD_OPTION_NOTIFY_CONNECTION, on_connection, s, MHD_OPTION_URI_LOG_CALLBACK, on_uri,
-        s, MHD_OPTION_NOTIFY_COMPLETED, on_api_completed, s, MHD_OPTION_ARRAY, tls_opts,
-        MHD_OPTION_END);
+    return MHD_start_daemon(flags, 0, on_accept, s, on_api_request, s, MHD_OPTION_EXTERNAL_LOGGER,
+                            mhd_log, NULL, MHD_OPTION_SOCK_ADDR, addr, MHD_OPTION_THREAD_POOL_SIZE,
+                            (unsigned)cfg->workers, MHD_OPTION_CONNECTION_LIMIT,
+                            (unsigned)cfg->max_connections + 64u + (unsigned)cfg->workers,
+                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->idle_timeout_s,
+                            MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)SB_MAX_CONN_MEMORY,
+                            MHD_OPTION_STRICT_FOR_CLIENT, 1, MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u,
+                            MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
+                            MHD_OPTION_URI_LOG_CALLBACK, on_uri, s, MHD_OPTION_NOTIFY_COMPLETED,
+                            on_api_completed, s, MHD_OPTION_ARRAY, tls_opts, MHD_OPTION_END);
 }
 
 static struct MHD_Daemon *start_ops(sb_server *s, const struct sockaddr_storage *addr, bool v6)

@@ -76,6 +76,7 @@ typedef enum sb_metrics_counter {
     SB_METRICS_AUDIT_RECORDS,        /* audit lines written in full */
     SB_METRICS_AUDIT_WRITE_FAILURES, /* audit lines that could not be */
     SB_METRICS_RATE_LIMITED,         /* requests answered 429 */
+    SB_METRICS_CONNECTIONS_REFUSED,  /* connections closed at MAX_CONNECTIONS */
     SB_METRICS_COUNTER_COUNT_
 } sb_metrics_counter;
 

@@ -16,9 +16,9 @@ class RawConn:
     """One TLS connection; send() writes bytes, response() reads one
     HTTP/1.1 response (status, headers, body)."""
 
-    def __init__(self, port, ctx, host="127.0.0.1", timeout=10):
+    def __init__(self, port, ctx, host="127.0.0.1", timeout=10, session=None):
         raw = socket.create_connection((host, port), timeout=timeout)
-        self.sock = ctx.wrap_socket(raw, server_hostname="localhost")
+        self.sock = ctx.wrap_socket(raw, server_hostname="localhost", session=session)
         self.buf = b""
 
     def send(self, data):

@@ -12,14 +12,17 @@ checked one way (no faster than a wait the broker must honour, no slower
 than a deadline plus slack); what is counted exactly is what the broker
 decides (attempts, upstream calls, statuses)."""
 import json
+import select
 import signal
 import socket
+import ssl
 import threading
 import time
 from contextlib import contextmanager
 
 import pytest
 
+import rawhttp
 from harness.proxy import Delay, Respond
 
 K8S_ONLY = {"SECRETS_BACKEND": "k8s"}
@@ -426,3 +429,194 @@ def test_rate_limit_is_per_identity(start_broker, ns, make_caller, kube_admin, c
         assert int(r.headers["Retry-After"]) >= 1
     assert [r.status for r in calm_replies] == [200] * 4
     assert metric(broker, "secrets_broker_rate_limited_total") == len(limited)
+
+
+# Slow clients: thousands of connections that complete TCP and then hold
+# still, trickle a TLS ClientHello, or finish TLS and trickle headers, a
+# byte at a time. Each is closed within the headers bound (10 s from
+# accept, core/limits.h); normal callers are served meanwhile.
+
+HEADERS_BOUND = 10.0
+
+
+def client_hello(ca_path):
+    """The bytes of a TLS ClientHello, to trickle."""
+    ctx = ssl.create_default_context(cafile=str(ca_path))
+    ctx.check_hostname = False
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    try:
+        obj.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return outgoing.read()
+
+
+class SlowConn:
+    def __init__(self, sock, kind, payload):
+        self.sock, self.kind, self.payload = sock, kind, payload
+        self.opened = time.monotonic()
+        self.sent = 0
+        self.closed = None  # when the broker closed it
+
+
+class SlowFlood:
+    """Opens slow connections and keeps them trickling until the broker
+    closes them; records when it did."""
+
+    def __init__(self, port, hello, tls_ctx):
+        self.port, self.hello, self.tls_ctx = port, hello, tls_ctx
+        self.conns = []
+        self.poll = select.poll()
+        self.by_fd = {}
+        self.stop = threading.Event()
+
+    def _add(self, sock, kind, payload):
+        sock.setblocking(False)
+        conn = SlowConn(sock, kind, payload)
+        self.conns.append(conn)
+        self.by_fd[sock.fileno()] = conn
+        self.poll.register(sock.fileno(), select.POLLIN | select.POLLHUP | select.POLLERR)
+
+    def open(self, idle, hello, headers):
+        for _ in range(headers):
+            raw = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+            tls = self.tls_ctx.wrap_socket(raw, server_hostname="localhost")
+            tls.sendall(b"GET /v1/secrets/db HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            self._add(tls, "headers", b"a" * 100000)
+        for kind, n in (("idle", idle), ("hello", hello)):
+            for _ in range(n):
+                sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+                self._add(sock, kind, self.hello if kind == "hello" else b"")
+
+    def _closed_by_peer(self, conn):
+        try:
+            data = conn.sock.recv(4096)
+            return data == b""
+        except (ssl.SSLWantReadError, BlockingIOError):
+            return False
+        except (OSError, ssl.SSLError):
+            return True
+
+    def run(self):
+        while not self.stop.is_set():
+            for fd, _ in self.poll.poll(200):
+                conn = self.by_fd.get(fd)
+                if conn and conn.closed is None and self._closed_by_peer(conn):
+                    conn.closed = time.monotonic()
+                    self.poll.unregister(fd)
+            for conn in self.conns:
+                if conn.closed is None and conn.sent < len(conn.payload):
+                    try:
+                        conn.sock.send(conn.payload[conn.sent:conn.sent + 1])
+                        conn.sent += 1
+                    except (BlockingIOError, ssl.SSLWantWriteError):
+                        pass
+                    except (OSError, ssl.SSLError):
+                        conn.closed = time.monotonic()
+                        self.poll.unregister(conn.sock.fileno())
+            self.stop.wait(0.5)
+
+    def close(self):
+        for conn in self.conns:
+            try:
+                conn.sock.close()
+            except OSError:
+                pass
+
+
+@pytest.mark.slow
+def test_slow_connections_are_bounded_and_callers_still_served(
+        start_broker, ns, make_caller, kube_admin, pki, canaries):
+    value = canaries.make("busy")
+    kube_admin.create_secret(ns, "db", string_data={"p": value})
+    app = make_caller(ns)
+    app.grant("db")
+    wait_granted(kube_admin, ns, "app", "db")
+    broker = start_broker(aws=False, env=K8S_ONLY)
+    flood = SlowFlood(broker.port, client_hello(pki.ca_bundle),
+                      rawhttp.tls_context(pki.ca_bundle, app.cert))
+    served, failed = [], []
+    done = threading.Event()
+
+    def caller():
+        client = app.client(broker, 30)
+        while not done.is_set():
+            try:
+                r, took = timed(lambda: client.secret("db", "p"))
+                (served if r.status == 200 and r.body == value.encode() else failed).append(
+                    (r.status, took))
+            except Exception as e:  # noqa: BLE001 - any failure counts
+                failed.append((repr(e), None))
+            time.sleep(0.05)
+
+    trickler = threading.Thread(target=flood.run)
+    callers = [threading.Thread(target=caller) for _ in range(2)]
+    try:
+        flood.open(idle=850, hello=850, headers=300)
+        opened = time.monotonic()
+        trickler.start()
+        for t in callers:
+            t.start()
+        assert eventually(lambda: all(c.closed for c in flood.conns),
+                          HEADERS_BOUND + 10, 0.5), \
+            f"{sum(1 for c in flood.conns if not c.closed)} slow connections still open"
+        done.set()
+    finally:
+        done.set()
+        flood.stop.set()
+        for t in callers:
+            t.join(30)
+        if trickler.is_alive():
+            trickler.join(10)
+        flood.close()
+
+    lasted = sorted(c.closed - c.opened for c in flood.conns)
+    assert lasted[-1] < HEADERS_BOUND + 5.0, lasted[-10:]
+    for kind in ("idle", "hello", "headers"):
+        longest = max(c.closed - c.opened for c in flood.conns if c.kind == kind)
+        assert longest > HEADERS_BOUND - 1.0, (kind, longest)  # not cut short either
+    times = sorted(took for _, took in served)
+    assert not failed, failed[:5]
+    assert len(served) >= 20, len(served)
+    p50, worst = times[len(times) // 2], times[-1]
+    print(f"\n{len(flood.conns)} slow connections, closed after {lasted[0]:.1f}-{lasted[-1]:.1f} s;"
+          f" {len(served)} normal requests meanwhile, p50 {p50 * 1000:.0f} ms,"
+          f" max {worst * 1000:.0f} ms; flood opened in {opened - flood.conns[0].opened:.1f} s")
+    assert p50 < 1.0 and worst < 5.0
+    assert eventually(lambda: metric(broker, "secrets_broker_connections") <= 4, 10)
+
+
+# MAX_CONNECTIONS: past the cap a new connection is not served (refused or
+# closed at once, never left hanging), and service comes back as soon as
+# connections go (here: the idle ones the headers bound closes).
+
+def test_connection_cap(start_broker, ns, make_caller, kube_admin, canaries):
+    value = canaries.make("cap")
+    kube_admin.create_secret(ns, "db", string_data={"p": value})
+    app = make_caller(ns)
+    app.grant("db")
+    wait_granted(kube_admin, ns, "app", "db")
+    broker = start_broker(aws=False, env={**K8S_ONLY, "MAX_CONNECTIONS": "16"})
+    first = app.client(broker)  # its keep-alive connection stays open
+    assert first.secret("db").status == 200
+    assert eventually(lambda: metric(broker, "secrets_broker_connections") == 1, 5)
+
+    held = [socket.create_connection(("127.0.0.1", broker.port)) for _ in range(15)]
+    try:
+        assert eventually(lambda: metric(broker, "secrets_broker_connections") == 16, 5)
+        t0 = time.monotonic()
+        with pytest.raises((OSError, EOFError)):  # closed during the handshake
+            rawhttp.RawConn(broker.port, rawhttp.tls_context(broker.ca_path, app.cert),
+                            timeout=10).send(b"GET /v1/secrets/db HTTP/1.1\r\nHost: x\r\n\r\n")
+        refused_after = time.monotonic() - t0
+        print(f"\nover the cap: refused after {refused_after:.3f} s")
+        assert refused_after < 2.0  # at once, not left in the listen queue
+        assert metric(broker, "secrets_broker_connections_refused_total") == 1
+        # The connection already open is still served.
+        r = first.secret("db")
+        assert r.status == 200, r
+    finally:
+        for s in held:
+            s.close()
+    assert eventually(lambda: app.client(broker).secret("db").status == 200, 10, 0.2)
