@@ -11,18 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from harness.proxy import Delay
+from harness.wait import eventually
 
 K8S_ONLY = {"SECRETS_BACKEND": "k8s"}
 
-
-def eventually(fn, timeout=10.0, interval=0.05):
-    """RBAC changes reach the authorizer through an informer: poll briefly."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = fn()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(interval)
 
 
 def counter(broker, name):

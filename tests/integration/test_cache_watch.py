@@ -17,6 +17,7 @@ import pytest
 
 from harness.kube import write_kubeconfig
 from harness.proxy import FaultProxy, Respond, _close
+from harness.wait import eventually
 
 K8S_WATCH = {"SECRETS_BACKEND": "k8s", "CACHE_INVALIDATION": "watch"}
 WATCH_NS = "secrets-broker-system"
@@ -81,14 +82,6 @@ def watch_broker(start_broker, watch_identity, watch_proxy, kube):
                             kube=None, aws=False)
     return start
 
-
-def eventually(fn, timeout=10.0, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = fn()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(interval)
 
 
 def value_of(reply):

@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import rawhttp
 from harness.proxy import Hang, Respond
+from harness.wait import eventually
 
 REPO = Path(__file__).resolve().parents[2]
 K8S_ONLY = {"SECRETS_BACKEND": "k8s"}
@@ -50,14 +51,6 @@ LEVELS = {"debug", "info", "warn", "error"}
 
 
 # Helpers.
-
-def eventually(fn, timeout=10.0, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = fn()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(interval)
 
 
 def wait_rbac(kube_admin, caller, ns, name, allowed=True):

@@ -3,7 +3,6 @@ ServiceAccount tokens round-trip through TokenReview, moto checks SigV4
 signatures and issues web-identity credentials, and the broker's own
 ServiceAccount cannot read secrets. If one of these fails, broker tests
 built on the peers would prove nothing."""
-import time
 import uuid
 import xml.etree.ElementTree as ET
 
@@ -14,18 +13,10 @@ import requests
 from harness.aws import error_code
 from harness.kube import sa_username
 from harness.proxy import Respond
+from harness.wait import eventually
 
 STS_NS = {"sts": "https://sts.amazonaws.com/doc/2011-06-15/"}
 
-
-def eventually(fn, timeout=10.0, interval=0.1):
-    """RBAC changes reach the authorizer through an informer: poll briefly."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = fn()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(interval)
 
 
 def test_impersonated_read_needs_a_rolebinding(kube, kube_admin, broker_identity, ns,

@@ -24,6 +24,7 @@ import pytest
 
 import rawhttp
 from harness.proxy import Delay, Respond
+from harness.wait import eventually
 
 K8S_ONLY = {"SECRETS_BACKEND": "k8s"}
 AWS_ONLY = {"SECRETS_BACKEND": "aws-secrets-manager"}
@@ -32,14 +33,6 @@ THROTTLED = b'{"__type":"ThrottlingException","message":"Rate exceeded"}'
 
 
 # Helpers.
-
-def eventually(fn, timeout=15.0, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = fn()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(interval)
 
 
 def wait_granted(kube_admin, ns, sa, *names, timeout=15):

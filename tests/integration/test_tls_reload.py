@@ -21,6 +21,7 @@ from cryptography import x509
 
 import rawhttp
 from harness.pki import CA, SERVER_AUTH, cert_pem, spiffe_id
+from harness.wait import eventually
 
 PICKUP = 5.0  # new handshakes present new material within this (the bound)
 K8S_ONLY = {"SECRETS_BACKEND": "k8s"}
@@ -101,14 +102,6 @@ def get(port, ctx, path, session=None):
 def metric(broker, name, **labels):
     return broker.metrics().get((name, tuple(sorted(labels.items()))), 0)
 
-
-def eventually(fn, timeout, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = fn()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(interval)
 
 
 def setup_secret(ns, make_caller, kube_admin, canaries):
