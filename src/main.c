@@ -310,8 +310,9 @@ static void wait_for_stop(struct app *a, const sigset_t *set)
     }
 }
 
-/* SIGTERM: /readyz turns 503 and the listener closes, requests in flight
- * finish within the grace period (DESIGN.md section 10). */
+/* SIGTERM: /readyz turns 503, new connections are closed on arrival,
+ * requests in flight finish within the grace period (DESIGN.md section
+ * 10). */
 static void drain(struct app *a)
 {
     int64_t until = sb_clock_mono_ms() + a->cfg.shutdown_grace_ms;

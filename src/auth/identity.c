@@ -442,12 +442,19 @@ sb_err sb_identity_from_der(const unsigned char *der, size_t len, const sb_ident
     sb_identity id = {.source = "spiffe"};
     sb_err err = import_der(der, len, &crt, why);
 
-    if (err)
+    if (err) {
+        *out = (sb_identity){0};
         return err;
+    }
     const char *bad = identity_of(crt, opts, &id);
     gnutls_x509_crt_deinit(crt);
-    if (bad)
+    if (bad) {
+        /* No identity, but the serial when it was read: the refusal's
+         * audit record can name the certificate. */
+        *out = (sb_identity){0};
+        memcpy(out->serial, id.serial, sizeof(out->serial));
         return deny(why, bad);
+    }
     *out = id;
     return SB_OK;
 }

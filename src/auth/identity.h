@@ -62,7 +62,9 @@ SB_MUST_CHECK sb_err sb_identity_check_leaf(const unsigned char *der, size_t len
  * SPIFFE ID of opts->trust_domain. Only when the certificate has no URI SAN
  * at all and opts->cn_fallback is set, the subject's single CN is parsed
  * with sb_identity_parse_username instead (source "cn"). DNS, e-mail,
- * IP and otherName SANs are never identity. Fills serial. */
+ * IP and otherName SANs are never identity. Fills serial; on a refusal
+ * *out is empty but for the serial, when the certificate had a readable
+ * one. */
 SB_MUST_CHECK sb_err sb_identity_from_der(const unsigned char *der, size_t len,
                                           const sb_identity_opts *opts, sb_identity *out,
                                           const char **why);

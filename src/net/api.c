@@ -206,6 +206,9 @@ static sb_err audit(sb_api_req *r, int status, const char *reason)
         rec.caller.pod = sb_audit_cstr(r->pod[0] ? r->pod : NULL);
         rec.caller.pod_uid = sb_audit_cstr(r->pod_uid[0] ? r->pod_uid : NULL);
         rec.caller.identity_source = r->caller.source;
+    } else if (r->caller.serial[0]) {
+        /* A certificate that named no usable identity: its serial alone. */
+        rec.caller.cert_serial = sb_audit_cstr(r->caller.serial);
     }
     rec.request.method = sb_audit_cstr(r->method);
     rec.request.path = (sb_audit_str){r->raw_uri, r->raw_len};

@@ -46,8 +46,10 @@ typedef enum sb_server_state {
 SB_MUST_CHECK sb_err sb_server_start(const sb_server_deps *deps, sb_server **out, char *err,
                                      size_t errlen);
 
-/* Stops accepting on the API port (the listener closes; open connections
- * continue). */
+/* Stops taking connections on the API port: from now on a new connection
+ * is closed on arrival (the port stays bound until sb_server_stop); open
+ * connections continue, each closed after its next answer. Sets the
+ * DRAINING state. */
 void sb_server_quiesce(sb_server *s);
 
 /* Requests being answered right now on the API port. */
@@ -71,9 +73,10 @@ sb_server_state sb_server_get_state(const sb_server *s);
 const sb_server_deps *sb_server_deps_of(const sb_server *s);
 
 /* The identity of the client on conn, computed once per connection.
- * SB_E_UNAUTHORIZED with *why when the certificate names none, or there
- * is no TLS at all (MTLS_ENABLED=false: net/api then takes the identity
- * from a reviewed bearer token instead). */
+ * SB_E_UNAUTHORIZED with *why when the certificate names none (*out then
+ * holds only its serial, for the audit record), or there is no TLS at all
+ * (MTLS_ENABLED=false: net/api then takes the identity from a reviewed
+ * bearer token instead). */
 SB_MUST_CHECK sb_err sb_server_identity(struct MHD_Connection *conn, sb_identity *out,
                                         const char **why);
 

@@ -160,7 +160,8 @@ def test_one_valid_record_per_request_of_every_outcome(reader, make_caller, pki,
     broker, ns, app, value = reader
     stranger = make_caller(ns, "stranger")
     c = app.client(broker)
-    nobody = broker.client(pki.bad("wrong_trust_domain", ns, "app"))
+    foreign = pki.bad("wrong_trust_domain", ns, "app")
+    nobody = broker.client(foreign)
     ctx = rawhttp.tls_context(pki.ca_bundle, app.cert)
     big = b"[" + b" " * (200 * 1024) + b"]"
     long_target = b"/v1/secrets/" + b"a" * 5000
@@ -215,6 +216,8 @@ def test_one_valid_record_per_request_of_every_outcome(reader, make_caller, pki,
         assert t0 - 1 <= ts_seconds(rec["ts"]) <= t1 + 1
         caller = rec["caller"]
         if label == "anonymous":
+            # Verified, but naming no usable identity: only the serial.
+            assert int(caller.pop("cert_serial"), 16) == foreign.cert.serial_number
             assert set(caller.values()) == {None}
             continue
         # Every other request came with a verified certificate: its record

@@ -388,14 +388,34 @@ static sb_err identify(const cert_spec *spec, const sb_identity_opts *opts, sb_i
 
 static void expect_denied(const cert_spec *spec, const sb_identity_opts *opts, const char *reason)
 {
-    sb_identity id = {.ns = "untouched"};
+    sb_identity id = {.ns = "untouched", .sa = "untouched"};
     const char *why = NULL;
 
     assert_int_equal(identify(spec, opts, &id, &why), SB_E_UNAUTHORIZED);
     assert_non_null(why);
     if (!strstr(why, reason))
         fail_msg("reason \"%s\", want \"%s\"", why, reason);
-    assert_string_equal(id.ns, "untouched");
+    /* No identity comes out of a refusal, at most the serial. */
+    assert_string_equal(id.ns, "");
+    assert_string_equal(id.sa, "");
+}
+
+static void test_refusal_keeps_the_serial(void **state)
+{
+    static const unsigned char serial[] = {0x0a, 0xbc};
+    const cert_spec two = {.uris = {GOOD_ID, GOOD_ID}, .serial = serial, .serial_len = 2};
+    const cert_spec ca = {.uris = {GOOD_ID}, .ca = true};
+    sb_identity id;
+    const char *why = NULL;
+
+    (void)state;
+    /* Read before the SANs are: the refusal's audit record names it. */
+    assert_int_equal(identify(&two, &OPTS, &id, &why), SB_E_UNAUTHORIZED);
+    assert_string_equal(id.serial, "0abc");
+    /* The leaf checks come first: a CA leaf is refused before its serial
+     * is read. */
+    assert_int_equal(identify(&ca, &OPTS, &id, &why), SB_E_UNAUTHORIZED);
+    assert_string_equal(id.serial, "");
 }
 
 static void test_cert_valid(void **state)
@@ -655,6 +675,7 @@ int main(void)
         cmocka_unit_test(test_username),
         cmocka_unit_test(test_username_rejects),
         cmocka_unit_test(test_cert_valid),
+        cmocka_unit_test(test_refusal_keeps_the_serial),
         cmocka_unit_test(test_cert_long_serial),
         cmocka_unit_test(test_cert_uri_count),
         cmocka_unit_test(test_cert_uri_invalid),
