@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -330,6 +331,28 @@ static void drain(struct app *a)
                 sb_server_active(a->server));
 }
 
+/* MAX_CONNECTIONS needs as many descriptors, and a few hundred more for
+ * the listeners, backend connections and files; the usual soft limit is
+ * 1,024. Raise it up to the hard limit, and say so when that is short. */
+static void raise_fd_limit(const sb_config *cfg)
+{
+    rlim_t want = (rlim_t)cfg->max_connections + 256;
+    struct rlimit rl;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    if (rl.rlim_cur < want) {
+        rl.rlim_cur = rl.rlim_max != RLIM_INFINITY && rl.rlim_max < want ? rl.rlim_max : want;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0 && getrlimit(RLIMIT_NOFILE, &rl) != 0)
+            return;
+    }
+    if (rl.rlim_cur < want)
+        SB_WARN("main", NULL,
+                "open file limit is %llu, below MAX_CONNECTIONS + 256: connections past it "
+                "fail when accepted; raise the limit or lower MAX_CONNECTIONS",
+                (unsigned long long)rl.rlim_cur);
+}
+
 static int usage(FILE *out, int rc)
 {
     fprintf(out, "usage: secrets-broker [--dev] [--version] [--help]\n"
@@ -380,6 +403,7 @@ int main(int argc, char **argv)
     a.cfg.dev_mode = dev;
     sb_log_set_level(a.cfg.log_level);
     log_startup(&a.cfg);
+    raise_fd_limit(&a.cfg);
     if (!a.cfg.mtls_enabled)
         SB_WARN("main", NULL, "MTLS_ENABLED=false: callers are identified by bearer token only%s",
                 a.cfg.bearer == SB_BEARER_REQUIRED ? "" : " (INSECURE DEVELOPMENT MODE)");

@@ -11,6 +11,7 @@ Environment:
 """
 import os
 import re
+import resource
 import shutil
 import signal
 import ssl
@@ -42,6 +43,12 @@ def pytest_configure(config):
     def interrupt(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
     signal.signal(signal.SIGTERM, interrupt)
+    # Thousands of test connections (test_resilience's slow clients) need
+    # more descriptors than the usual soft limit; the peers inherit it.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY
+                                                    else max(soft, 65536), hard))
 
 
 def _peers_dir():

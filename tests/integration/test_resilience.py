@@ -613,3 +613,39 @@ def test_connection_cap(start_broker, ns, make_caller, kube_admin, canaries):
         for s in held:
             s.close()
     assert eventually(lambda: app.client(broker).secret("db").status == 200, 10, 0.2)
+
+
+# The open file limit: MAX_CONNECTIONS needs that many descriptors, and the
+# usual soft limit is 1,024. The broker raises its soft limit up to the
+# hard one, and warns when even that is short.
+
+def nofile_limits(pid):
+    for line in open(f"/proc/{pid}/limits"):
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return int(soft), int(hard)
+    raise AssertionError("no open file limit in /proc/<pid>/limits")
+
+
+def with_nofile(tmp_path, broker_binary, soft, hard):
+    """A wrapper that starts the broker under the given limits."""
+    wrapper = tmp_path / f"broker-nofile-{soft}-{hard}"
+    wrapper.write_text(f"#!/bin/sh\nulimit -Sn {soft} && ulimit -Hn {hard} || exit 97\n"
+                       f"exec {broker_binary} \"$@\"\n")
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def test_open_file_limit_is_raised_for_max_connections(start_broker, broker_binary, tmp_path):
+    env = {**K8S_ONLY, "MAX_CONNECTIONS": "3000"}
+    broker = start_broker(aws=False, env=env,
+                          binary=with_nofile(tmp_path, broker_binary, 256, 8192))
+    assert nofile_limits(broker.pid) == (3256, 8192)
+    assert not [r for r in broker.log_records() if "open file limit" in r.get("msg", "")]
+
+    short = start_broker(aws=False, env=env,
+                         binary=with_nofile(tmp_path, broker_binary, 256, 1024))
+    assert nofile_limits(short.pid) == (1024, 1024)
+    warned = [r for r in short.log_records() if "open file limit" in r.get("msg", "")]
+    assert len(warned) == 1 and warned[0]["level"] == "warn", warned
+    assert "MAX_CONNECTIONS" in warned[0]["msg"]
