@@ -18,29 +18,11 @@
 #include "core/limits.h"
 #include "core/secmem.h"
 
-#define MAX_VARS 12
-#define MIN      (60 * 1000)
+#include "../fake_env.h"
+
+#define MIN (60 * 1000)
 /* 2026-01-01T12:00:00Z */
 #define EXPIRY_MS 1767268800000LL
-
-static const char *vars[MAX_VARS][2];
-static size_t nvars;
-
-static const char *lookup(const char *name)
-{
-    for (size_t i = 0; i < nvars; i++) {
-        if (!strcmp(vars[i][0], name))
-            return vars[i][1];
-    }
-    return NULL;
-}
-
-static void set(const char *name, const char *value)
-{
-    vars[nvars][0] = name;
-    vars[nvars][1] = value;
-    nvars++;
-}
 
 static void test_plan(void **state)
 {

@@ -13,26 +13,7 @@
 
 #include "core/json.h"
 
-#define MAX_VARS 8
-
-static const char *vars[MAX_VARS][2];
-static size_t nvars;
-
-static const char *lookup(const char *name)
-{
-    for (size_t i = 0; i < nvars; i++) {
-        if (!strcmp(vars[i][0], name))
-            return vars[i][1];
-    }
-    return NULL;
-}
-
-static void set(const char *name, const char *value)
-{
-    vars[nvars][0] = name;
-    vars[nvars][1] = value;
-    nvars++;
-}
+#include "../fake_env.h"
 
 static void expect_url(const char *url, const char *base, const char *authority, const char *path,
                        int port)

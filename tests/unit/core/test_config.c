@@ -9,26 +9,7 @@
 
 #include <cmocka.h>
 
-#define MAX_VARS 32
-
-static const char *vars[MAX_VARS][2];
-static size_t nvars;
-
-static const char *lookup(const char *name)
-{
-    for (size_t i = 0; i < nvars; i++) {
-        if (!strcmp(vars[i][0], name))
-            return vars[i][1];
-    }
-    return NULL;
-}
-
-static void set(const char *name, const char *value)
-{
-    vars[nvars][0] = name;
-    vars[nvars][1] = value;
-    nvars++;
-}
+#include "../fake_env.h"
 
 /* A minimal valid environment: TLS files named. */
 static int base(void **state)
