@@ -58,16 +58,8 @@ struct sb_authz {
 static size_t make_key(char *buf, const sb_identity *id, const char *ns, const char *name)
 {
     const char *parts[] = {id->ns, id->sa, ns, name};
-    size_t pos = 0;
 
-    /* NUL separators: no part can contain one, so keys cannot collide. */
-    for (size_t i = 0; i < 4; i++) {
-        size_t n = strlen(parts[i]);
-        memcpy(buf + pos, parts[i], n);
-        pos += n;
-        buf[pos++] = '\0';
-    }
-    return pos;
+    return sb_lru_key_join(buf, 0, parts, 4);
 }
 
 static struct shard *shard_of(sb_authz *a, const char *key, size_t klen)

@@ -456,16 +456,9 @@ static void on_fetched(sb_fetch_result *res, void *ud)
 static size_t flight_key(char *buf, const sb_broker_req *req, size_t backend)
 {
     const char *parts[] = {req->ns, req->name, req->version_stage, req->version_id};
-    size_t pos = 0;
 
-    buf[pos++] = (char)('0' + backend);
-    for (size_t i = 0; i < 4; i++) {
-        size_t n = strlen(parts[i]);
-        memcpy(buf + pos, parts[i], n);
-        pos += n;
-        buf[pos++] = '\0';
-    }
-    return pos;
+    buf[0] = (char)('0' + backend);
+    return sb_lru_key_join(buf, 1, parts, 4);
 }
 
 static struct flight *flight_new(sb_broker *b, sb_broker_req *req, size_t backend, const char *key,

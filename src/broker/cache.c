@@ -59,21 +59,14 @@ struct key {
 
 static void make_key(struct key *out, const sb_cache_key *k)
 {
-    const char *parts[] = {k->ns, k->name, k->version_stage ? k->version_stage : "",
-                           k->version_id ? k->version_id : ""};
-    size_t pos = 0;
+    const char *names[] = {k->ns, k->name};
+    const char *version[] = {k->version_stage ? k->version_stage : "",
+                             k->version_id ? k->version_id : ""};
 
-    /* NUL separators: no part can contain one, so keys cannot collide. */
-    out->bytes[pos++] = (char)('0' + k->backend);
-    for (size_t i = 0; i < 4; i++) {
-        size_t n = strlen(parts[i]);
-        memcpy(out->bytes + pos, parts[i], n);
-        pos += n;
-        out->bytes[pos++] = '\0';
-        if (i == 1)
-            out->name_len = pos - 1;
-    }
-    out->len = pos;
+    out->bytes[0] = (char)('0' + k->backend);
+    out->len = sb_lru_key_join(out->bytes, 1, names, 2);
+    out->name_len = out->len - 1;
+    out->len = sb_lru_key_join(out->bytes, out->len, version, 2);
 }
 
 static struct shard *shard_of(sb_cache *c, const struct key *k)

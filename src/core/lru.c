@@ -251,6 +251,17 @@ size_t sb_lru_count(const sb_lru *l)
     return l->count;
 }
 
+size_t sb_lru_key_join(char *buf, size_t pos, const char *const *parts, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        size_t len = strlen(parts[i]);
+        memcpy(buf + pos, parts[i], len);
+        pos += len;
+        buf[pos++] = '\0';
+    }
+    return pos;
+}
+
 size_t sb_lru_entry_bytes(size_t klen)
 {
     return sizeof(struct node) + klen;

@@ -47,6 +47,12 @@ size_t sb_lru_count(const sb_lru *l);
  * its value (for byte budgets that must be exact). */
 size_t sb_lru_entry_bytes(size_t klen);
 
+/* Appends each of the n parts to buf at pos, each followed by a NUL, and
+ * returns the new length. No part can contain a NUL, so two lists of parts
+ * never make the same key. buf must have room for them all: the callers'
+ * parts are bounded names. */
+size_t sb_lru_key_join(char *buf, size_t pos, const char *const *parts, size_t n);
+
 /* SipHash-2-4 of data under the process key (set once, from GnuTLS's
  * random generator, on first use). */
 uint64_t sb_hash(const void *data, size_t len);

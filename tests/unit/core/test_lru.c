@@ -97,12 +97,32 @@ static void test_hash_is_keyed(void **state)
     assert_true(sb_hash("", 0) != sb_hash("\0", 1));
 }
 
+static void test_key_join(void **state)
+{
+    const char *ab_c[] = {"ab", "c"};
+    const char *a_bc[] = {"a", "bc"};
+    const char *empty[] = {"", ""};
+    char x[16], y[16];
+    size_t nx, ny;
+
+    (void)state;
+    x[0] = y[0] = '1';
+    nx = sb_lru_key_join(x, 1, ab_c, 2);
+    ny = sb_lru_key_join(y, 1, a_bc, 2);
+    assert_int_equal(nx, 6);
+    assert_memory_equal(x, "1ab\0c\0", 6);
+    /* The same bytes, cut differently: different keys. */
+    assert_int_equal(ny, 6);
+    assert_memory_not_equal(x, y, 6);
+    assert_int_equal(sb_lru_key_join(x, 0, empty, 2), 2);
+    assert_memory_equal(x, "\0\0", 2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_put_get_replace),
-        cmocka_unit_test(test_eviction_order),
-        cmocka_unit_test(test_many_and_remove_if),
+        cmocka_unit_test(test_put_get_replace), cmocka_unit_test(test_key_join),
+        cmocka_unit_test(test_eviction_order),  cmocka_unit_test(test_many_and_remove_if),
         cmocka_unit_test(test_hash_is_keyed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
