@@ -48,8 +48,10 @@ for f in $(git ls-files 'src/*/*.c' 'src/*/*.h'); do
 	done
 done
 
-# 6. Nothing of this machine baked into the project.
-leaks=$(git grep -nE '/work/|/root/' -- . ':!*.md' ':!tools/lint/run.sh' 2>/dev/null)
+# 6. Nothing of this machine baked into the project (the pattern is built
+# from pieces so that this file does not match it).
+home_dirs="/wo""rk/|/ro""ot/"
+leaks=$(git grep -nE "$home_dirs" -- . ':!*.md' 2>/dev/null)
 [ -n "$leaks" ] && note "absolute machine paths:"$'\n'"$leaks"
 
 # 7. Static analysis of the sources.
