@@ -58,7 +58,6 @@ struct sb_server {
     atomic_int active;
     atomic_int working; /* handlers inside begin/end_work */
     atomic_int open;    /* API connections, for MAX_CONNECTIONS */
-    int max_open;
     sb_identity_opts id_opts;
 
     pthread_mutex_t conns_lock; /* guards conns and each ctx's list links and shut */
@@ -471,7 +470,7 @@ static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen
     (void)addrlen;
     if (atomic_load(&s->state) >= SB_SERVER_DRAINING)
         return MHD_NO;
-    if (atomic_load(&s->open) < s->max_open)
+    if (atomic_load(&s->open) < s->deps.cfg->max_connections)
         return MHD_YES;
     sb_metrics_inc(SB_METRICS_CONNECTIONS_REFUSED);
     return MHD_NO;
@@ -498,7 +497,6 @@ static struct MHD_Daemon *start_api(sb_server *s, const struct sockaddr_storage 
         tls_opts[0].option = MHD_OPTION_END;
     }
 
-    s->max_open = cfg->max_connections;
     /* The logger comes first so it also hears about the options after it. */
     return MHD_start_daemon(flags, 0, on_accept, s, on_api_request, s, MHD_OPTION_EXTERNAL_LOGGER,
                             mhd_log, NULL, MHD_OPTION_SOCK_ADDR, addr, MHD_OPTION_THREAD_POOL_SIZE,
