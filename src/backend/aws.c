@@ -410,7 +410,10 @@ static void send_call(struct call *call, const sb_aws_key *key)
     sb_http_req *req = sb_http_req_new("POST", url);
     free(url);
 
-    sb_http_req_timeout(req, (int)(left < ab->timeout_ms ? (left > 1 ? left : 1) : ab->timeout_ms));
+    if (left < ab->timeout_ms)
+        sb_http_req_timeout(req, (int)((left > 1 ? left : 1) + SB_AWS_DEADLINE_GRACE_MS));
+    else
+        sb_http_req_timeout(req, ab->timeout_ms);
     if (ab->ca_bundle)
         sb_http_req_tls(req, ab->ca_bundle, NULL, NULL);
     sb_http_req_header(req, "Host", ab->endpoint.authority);

@@ -53,6 +53,10 @@ sb_aws_outcome sb_aws_classify(sb_err transport, long status, const char *code);
 #define SB_AWS_BACKOFF_BASE_MS 100 /* full jitter over base * 2^(attempt-1) */
 #define SB_AWS_BACKOFF_CAP_MS  2000
 #define SB_AWS_MIN_ATTEMPT_MS  100 /* room an attempt needs before the deadline */
+/* An attempt the request's deadline cuts short may run this much past
+ * it, so the deadline answers (504) and the attempt's own timeout, which
+ * would say 503, never wins the race by a millisecond. */
+#define SB_AWS_DEADLINE_GRACE_MS 50
 
 /* When to try again after `attempts` attempts failed retryably, with the
  * AWS full-jitter backoff: a delay drawn from random over
