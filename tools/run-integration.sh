@@ -2,6 +2,7 @@
 # Runs the integration tests against one build of the broker:
 #   tools/run-integration.sh BUILD_DIR [pytest args...]
 # e.g. tools/run-integration.sh build -k impersonat -x
+# With no test file among the arguments it runs all of tests/integration.
 # The broker is $SB_BROKER, else BUILD_DIR/secrets-broker. Logs of the run go
 # to BUILD_DIR/integration-logs/. Exits with pytest's status, except that a
 # selection (-m/-k) matching no test counts as success (pytest says 5).
@@ -40,8 +41,13 @@ echo "run-integration: $("$peers/kube-apiserver" --version), etcd $("$peers/etcd
 echo "run-integration: logs in $SB_IT_LOG_DIR"
 
 cd "$root"
+# The whole suite, unless the arguments name test files or tests.
+for a in "$@"; do
+	case "$a" in tests/integration/* | *.py | *.py::*) has_path=1 ;; esac
+done
+[ -n "${has_path:-}" ] || set -- tests/integration "$@"
 start=$(date +%s)
-"$root/.venv/bin/pytest" tests/integration "$@"
+"$root/.venv/bin/pytest" "$@"
 status=$?
 echo "run-integration: pytest exited $status after $(($(date +%s) - start))s;" \
 	"logs in $SB_IT_LOG_DIR"
