@@ -318,10 +318,11 @@ static void drain(struct app *a)
 {
     int64_t until = sb_clock_mono_ms() + a->cfg.shutdown_grace_ms;
 
+    /* From here every new API connection is closed on arrival, and each
+     * open one after its next answer. */
     sb_server_set_state(a->server, SB_SERVER_DRAINING);
     SB_INFO("main", NULL, "draining: no new connections; waiting for %d requests",
             sb_server_active(a->server));
-    sb_server_quiesce(a->server);
     while (sb_server_active(a->server) > 0 && sb_clock_mono_ms() < until) {
         struct timespec ten_ms = {0, 10 * 1000 * 1000};
         nanosleep(&ten_ms, NULL);

@@ -461,7 +461,11 @@ static sb_err make_addr(const char *host, int port, struct sockaddr_storage *out
  * own limit stops accepting instead, which leaves new clients waiting in
  * the listen queue; it is set a little higher, as the backstop for the few
  * accepted between this check and the count in on_connection.) Draining:
- * every new connection is closed on arrival (see sb_server_quiesce). */
+ * every new connection is closed on arrival. Not MHD_quiesce_daemon: in
+ * 0.9.75 it races the epoll loop of each worker thread over removing the
+ * listening socket from the epoll set, and the loser aborts the process
+ * (seen under SIGTERM in the ASan run); the socket closes with the
+ * daemon. */
 static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen_t addrlen)
 {
     sb_server *s = cls;
@@ -579,16 +583,6 @@ sb_err sb_server_start(const sb_server_deps *deps, sb_server **out, char *err, s
     s->watchdog_started = true;
     *out = s;
     return SB_OK;
-}
-
-void sb_server_quiesce(sb_server *s)
-{
-    /* Not MHD_quiesce_daemon: in 0.9.75 it races the epoll loop of each
-     * worker thread over removing the listening socket from the epoll set,
-     * and the loser aborts the process (seen under SIGTERM in the ASan
-     * run). The accept policy closes new connections instead, and the
-     * socket itself closes with the daemon. */
-    sb_server_set_state(s, SB_SERVER_DRAINING);
 }
 
 void sb_server_stop(sb_server *s)

@@ -36,7 +36,7 @@ typedef struct sb_server_deps {
 typedef enum sb_server_state {
     SB_SERVER_STARTING,
     SB_SERVER_SERVING,
-    SB_SERVER_DRAINING, /* SIGTERM: not ready, listener closed, still answering */
+    SB_SERVER_DRAINING, /* SIGTERM: not ready, new connections closed, still answering */
     SB_SERVER_STOPPING, /* grace over: new requests get 503, nothing reaches the loop */
 } sb_server_state;
 
@@ -45,12 +45,6 @@ typedef enum sb_server_state {
  * clients"). SB_E_CONFIG/SB_E_IO with one line in err. */
 SB_MUST_CHECK sb_err sb_server_start(const sb_server_deps *deps, sb_server **out, char *err,
                                      size_t errlen);
-
-/* Stops taking connections on the API port: from now on a new connection
- * is closed on arrival (the port stays bound until sb_server_stop); open
- * connections continue, each closed after its next answer. Sets the
- * DRAINING state. */
-void sb_server_quiesce(sb_server *s);
 
 /* Requests being answered right now on the API port. */
 int sb_server_active(const sb_server *s);
