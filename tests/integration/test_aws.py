@@ -28,15 +28,6 @@ JSON_11 = {"Content-Type": "application/x-amz-json-1.1"}
 
 # Helpers.
 
-def wait_granted(kube_admin, ns, sa, *names, timeout=10):
-    """Waits until the API server's authorizer lets ns/sa get each name (RBAC
-    changes take a moment to arrive), so the broker never caches a denial."""
-    until = time.monotonic() + timeout
-    for name in names:
-        while not kube_admin.subject_access_review(ns, sa, "get", "secrets", name)["allowed"]:
-            assert time.monotonic() < until, f"RBAC for {ns}/{sa} on {name} never arrived"
-            time.sleep(0.1)
-
 
 def web_identity_token(kube_admin, path, seconds=3600):
     """A projected-style token of the broker's ServiceAccount for STS, from
@@ -138,7 +129,7 @@ def test_irsa_reads_aws_secret_with_a_token_from_the_api_server(
     role = aws.create_role()
     token = web_identity_token(kube_admin, tmp_path / "token")
     app.grant("api-key")
-    wait_granted(kube_admin, ns, "app", "api-key")
+    kube_admin.wait_granted(ns, "app", "api-key")
 
     mark = aws.proxy.mark()
     aws.allow_unsigned(1)  # the broker's first moto call is its STS call
@@ -196,7 +187,7 @@ def test_aws_alone_is_authorized_by_a_subject_access_review_first(
     value = canaries.make("only-in-aws")
     aws.create_secret(aws.secret_id(ns, "api-key"), {"v": value})
     reader.grant("api-key")
-    wait_granted(kube_admin, ns, "reader", "api-key")
+    kube_admin.wait_granted(ns, "reader", "api-key")
     broker = start_broker(env={"SECRETS_BACKEND": "aws-secrets-manager"})
     audit_mark, mark = kube_audit.mark(), aws.proxy.mark()
 
@@ -220,7 +211,7 @@ def test_kubernetes_secret_shadows_the_aws_one(
     kube_admin.create_secret(ns, "db", string_data={"password": in_k8s})
     aws.create_secret(aws.secret_id(ns, "db"), {"password": in_aws})
     app.grant("db")
-    wait_granted(kube_admin, ns, "app", "db")
+    kube_admin.wait_granted(ns, "app", "db")
     mark = aws.proxy.mark()
 
     r = app.client(broker).secret("db", refresh="true")
@@ -234,7 +225,7 @@ def test_secret_absent_everywhere_is_404_after_asking_aws(
         broker, aws, kube_admin, ns, make_caller):
     app = make_caller(ns)
     app.grant("ghost")
-    wait_granted(kube_admin, ns, "app", "ghost")
+    kube_admin.wait_granted(ns, "app", "ghost")
     mark = aws.proxy.mark()
 
     r = app.client(broker).secret("ghost")
@@ -253,7 +244,7 @@ def test_version_stage_and_version_id(broker, aws, kube_admin, ns, make_caller, 
     v1 = aws.create_secret(sid, {"password": old})["VersionId"]
     v2 = aws.put_secret_value(sid, {"password": new})
     app.grant("rotating")
-    wait_granted(kube_admin, ns, "app", "rotating")
+    kube_admin.wait_granted(ns, "app", "rotating")
     client = app.client(broker)
     mark = aws.proxy.mark()
 
@@ -280,7 +271,7 @@ def test_binary_and_plain_string_secrets(broker, aws, kube_admin, ns, make_calle
     aws.create_secret(aws.secret_id(ns, "token"), string=text)
     aws.create_secret(aws.secret_id(ns, "nested"), {"a": {"b": text}})
     app.grant("cert", "token", "nested")
-    wait_granted(kube_admin, ns, "app", "cert", "token", "nested")
+    kube_admin.wait_granted(ns, "app", "cert", "token", "nested")
     client = app.client(broker)
 
     whole = client.secret("cert")
@@ -314,7 +305,7 @@ def test_short_lived_credentials_are_renewed_without_a_failed_request(
     xml_a, first = sts_credentials(aws, role)
     xml_b, second = sts_credentials(aws, role)
     app.grant("renewed")
-    wait_granted(kube_admin, ns, "app", "renewed")
+    kube_admin.wait_granted(ns, "app", "renewed")
 
     short = with_expiration(xml_a, time.time() + 5 * 60 + 4)
     xml_ct = {"Content-Type": "text/xml"}
@@ -351,7 +342,7 @@ def test_wrong_secret_key_is_a_clear_503_and_one_line_naming_the_source(
     app = make_caller(ns)
     aws.create_secret(aws.secret_id(ns, "api-key"), canaries.make("api-key"))
     app.grant("api-key")
-    wait_granted(kube_admin, ns, "app", "api-key")
+    kube_admin.wait_granted(ns, "app", "api-key")
     wrong = "wrongSecret" + broker_aws_keys[1][11:]
     broker = start_broker(env={"AWS_SECRET_ACCESS_KEY": wrong})
     mark = aws.proxy.mark()
@@ -388,7 +379,7 @@ def test_pod_identity_credentials_from_a_local_endpoint(
     token_file = tmp_path / "eks-pod-identity-token"
     token_file.write_text("pod-identity-token-1\n")
     app.grant("api-key")
-    wait_granted(kube_admin, ns, "app", "api-key")
+    kube_admin.wait_granted(ns, "app", "api-key")
 
     answers = [pod_identity_answer(first, time.time() + 5 * 60 + 4),
                pod_identity_answer(second, time.time() + 3600)]
@@ -448,7 +439,7 @@ def test_throttling_is_retried_within_three_attempts(
     aws.create_secret(aws.secret_id(ns, "busy"), {"v": value})
     aws.create_secret(aws.secret_id(ns, "down"), {"v": canaries.make("down")})
     app.grant("busy", "down")
-    wait_granted(kube_admin, ns, "app", "busy", "down")
+    kube_admin.wait_granted(ns, "app", "busy", "down")
     throttled = b'{"__type":"ThrottlingException","message":"Rate exceeded"}'
     aws.proxy.add_rule(Respond(400, throttled, JSON_11), times=2, action="GetSecretValue",
                        predicate=lambda rec: b"/busy" in rec.body)
@@ -479,7 +470,7 @@ def test_batch_mixes_kubernetes_and_aws_with_batch_get_for_aws_misses(
     for name in ("api-key", "cfg", "blob", "hidden"):
         aws.create_secret(aws.secret_id(ns, name), {"user": values[name]})
     app.grant("db", "api-key", "cfg", "blob", "ghost")
-    wait_granted(kube_admin, ns, "app", "db", "api-key", "cfg", "blob", "ghost")
+    kube_admin.wait_granted(ns, "app", "db", "api-key", "cfg", "blob", "ghost")
     # A window wide enough that the items' Kubernetes 404s meet in one
     # BatchGetSecretValue even on a loaded test machine, where they can end
     # tens of milliseconds apart (the default, 2 ms after the latest, suits
@@ -519,7 +510,7 @@ def test_batch_get_answers_settle_each_id(start_broker, aws, kube_admin, ns, mak
     for n in names:
         aws.create_secret(aws.secret_id(ns, n), values[n])
     app.grant(*names)
-    wait_granted(kube_admin, ns, "app", *names)
+    kube_admin.wait_granted(ns, "app", *names)
     denied = (b'{"__type":"AccessDeniedException","message":"not authorized to perform '
               b'secretsmanager:BatchGetSecretValue"}')
     aws.proxy.add_rule(Respond(400, denied, JSON_11), times=1, action="BatchGetSecretValue")
@@ -549,7 +540,7 @@ def test_deadline_bounds_aws_waits_and_sigterm_drains_them(
     for name in ("slow", "hung"):
         aws.create_secret(aws.secret_id(ns, name), canaries.make(name))
     app.grant("slow", "hung")
-    wait_granted(kube_admin, ns, "app", "slow", "hung")
+    kube_admin.wait_granted(ns, "app", "slow", "hung")
     throttled = Respond(400, b'{"__type":"ThrottlingException"}', {**JSON_11, "Retry-After": "5"})
     aws.proxy.add_rule(throttled, action="GetSecretValue", predicate=lambda r: b"/slow" in r.body)
     aws.proxy.add_rule(Hang(60), action="GetSecretValue", predicate=lambda r: b"/hung" in r.body)

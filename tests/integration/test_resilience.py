@@ -35,22 +35,8 @@ THROTTLED = b'{"__type":"ThrottlingException","message":"Rate exceeded"}'
 # Helpers.
 
 
-def wait_granted(kube_admin, ns, sa, *names, timeout=15):
-    """Until the API server's authorizer lets ns/sa get each name."""
-    until = time.monotonic() + timeout
-    for name in names:
-        while not kube_admin.subject_access_review(ns, sa, "get", "secrets", name)["allowed"]:
-            assert time.monotonic() < until, f"RBAC for {ns}/{sa} on {name} never arrived"
-            time.sleep(0.1)
-
-
-def metric(broker, name, **labels):
-    want = tuple(sorted(labels.items()))
-    return broker.metrics().get((name, want), 0)
-
-
 def breaker_state(broker, backend):
-    return metric(broker, "secrets_broker_breaker_state", backend=backend)
+    return broker.metric("secrets_broker_breaker_state", backend=backend)
 
 
 def timed(fn):
@@ -76,7 +62,7 @@ def test_kube_429_retry_after_is_waited_out(start_broker, make_ns, make_caller, 
     kube_admin.create_secret(ns, "later", string_data={"p": canaries.make("later")})
     app = make_caller(ns)
     app.grant("db", "later")
-    wait_granted(kube_admin, ns, "app", "db", "later")
+    kube_admin.wait_granted(ns, "app", "db", "later")
     client = app.client(broker, 30)
     status = b'{"kind":"Status","code":429,"reason":"TooManyRequests"}'
 
@@ -142,8 +128,8 @@ def test_api_server_paused(start_broker, kube, make_ns, make_caller, kube_admin,
     warm.grant("db")
     cold.grant("cold")
     nobody_cert = make_caller(ns, "nobody").cert  # no RBAC at all
-    wait_granted(kube_admin, ns, "warm", "db")
-    wait_granted(kube_admin, ns, "cold", "cold")
+    kube_admin.wait_granted(ns, "warm", "db")
+    kube_admin.wait_granted(ns, "cold", "cold")
     # Two brokers on the same outage: decisions stale-if-error off (the
     # default) and on.
     strict = start_broker(aws=False, env=OUTAGE_ENV)
@@ -206,9 +192,9 @@ def test_api_server_paused(start_broker, kube, make_ns, make_caller, kube_admin,
         assert eventually(closed, 20, 0.3), b.readyz().text
         ready = b.readyz()
         assert ready.status_code == 200 and ready.json()["checks"]["kubernetes"] == "closed"
-        assert metric(b, "secrets_broker_breaker_transitions_total",
+        assert b.metric("secrets_broker_breaker_transitions_total",
                       backend="kubernetes", to="open") >= 1
-        assert metric(b, "secrets_broker_breaker_transitions_total",
+        assert b.metric("secrets_broker_breaker_transitions_total",
                       backend="kubernetes", to="closed") >= 1
         assert clients[b]["cold"].secret("cold").status == 200
 
@@ -218,7 +204,6 @@ def test_api_server_paused(start_broker, kube, make_ns, make_caller, kube_admin,
     strict_reasons = {rec["reason"] for rec in strict.audit_records()
                       if rec["caller"]["service_account"] == "warm"}
     assert "stale_if_error" in strict_reasons
-
 
 
 # moto throttling every call: at most three attempts a request, and no
@@ -267,7 +252,7 @@ def test_aws_throttling_makes_no_retry_storm(breaker, start_broker, aws, kube_ad
     names = [f"busy-{i:03d}" for i in range(offered)]
     app = make_caller(ns)
     app.grant()  # every secret of the namespace
-    wait_granted(kube_admin, ns, "app", names[0])
+    kube_admin.wait_granted(ns, "app", names[0])
     env = {**AWS_ONLY, "AWS_BATCH_WINDOW_MS": "0", "REQUEST_TIMEOUT_SECONDS": "10"}
     env.update({"BREAKER_FAILURE_THRESHOLD": "1000"} if breaker == "off" else
                {"BREAKER_FAILURE_THRESHOLD": "5", "BREAKER_OPEN_SECONDS": "1"})
@@ -293,7 +278,7 @@ def test_aws_throttling_makes_no_retry_storm(breaker, start_broker, aws, kube_ad
         assert upstream > offered
         assert {r.json()["error"]["code"] for r in replies.values()} == {"backend_throttled"}
     else:
-        opened = metric(broker, "secrets_broker_breaker_transitions_total",
+        opened = broker.metric("secrets_broker_breaker_transitions_total",
                         backend="aws-secrets-manager", to="open")
         assert opened >= 1
         refused = [r for r in replies.values()
@@ -324,7 +309,7 @@ def test_deadline_answers_504_and_late_answers_are_harmless(
         kube_admin.create_secret(ns, name, string_data={"p": value})
     app = make_caller(ns)
     app.grant(*values)
-    wait_granted(kube_admin, ns, "app", *values)
+    kube_admin.wait_granted(ns, "app", *values)
     client = app.client(broker, 30)
     rule = kube_proxy.add_rule(Delay(3.5), predicate=lambda rec: "/secrets/slow" in rec.path)
     try:
@@ -357,7 +342,7 @@ def test_deadline_answers_504_and_late_answers_are_harmless(
     assert single[0]["reason"] == "gateway_timeout" and single[0]["decision"] == "none"
     batch = [rec for rec in broker.audit_records() if rec["request"].get("batch_items") == 2]
     assert [i["status_code"] for i in batch[0]["items"]] == [200, 504]
-    assert metric(broker, "secrets_broker_requests_total", endpoint="key", code="504") == 1
+    assert broker.metric("secrets_broker_requests_total", endpoint="key", code="504") == 1
 
 
 # MAX_INFLIGHT_BACKEND_CALLS: calls over the cap are refused at once, and
@@ -374,7 +359,7 @@ def test_inflight_cap_refuses_at_once_without_tripping_the_breaker(
         kube_admin.create_secret(ns, name, string_data={"p": canaries.make(name)})
     app = make_caller(ns)
     app.grant(*names)
-    wait_granted(kube_admin, ns, "app", *names)
+    kube_admin.wait_granted(ns, "app", *names)
     rule = kube_proxy.add_rule(Delay(2.0), predicate=secret_path_of(ns))
     replies = {}
     try:
@@ -406,8 +391,8 @@ def test_rate_limit_is_per_identity(start_broker, ns, make_caller, kube_admin, c
     noisy, quiet = make_caller(ns, "noisy"), make_caller(ns, "quiet")
     noisy.grant("db")
     quiet.grant("db")
-    wait_granted(kube_admin, ns, "noisy", "db")
-    wait_granted(kube_admin, ns, "quiet", "db")
+    kube_admin.wait_granted(ns, "noisy", "db")
+    kube_admin.wait_granted(ns, "quiet", "db")
     broker = start_broker(aws=False, env={**K8S_ONLY, "RATE_LIMIT_PER_SECOND": "2",
                                           "RATE_LIMIT_BURST": "5"})
     loud, calm = noisy.client(broker), quiet.client(broker)
@@ -421,7 +406,7 @@ def test_rate_limit_is_per_identity(start_broker, ns, make_caller, kube_admin, c
         assert r.json()["error"]["code"] == "rate_limited"
         assert int(r.headers["Retry-After"]) >= 1
     assert [r.status for r in calm_replies] == [200] * 4
-    assert metric(broker, "secrets_broker_rate_limited_total") == len(limited)
+    assert broker.metric("secrets_broker_rate_limited_total") == len(limited)
 
 
 # Slow clients: thousands of connections that complete TCP and then hold
@@ -525,7 +510,7 @@ def test_slow_connections_are_bounded_and_callers_still_served(
     kube_admin.create_secret(ns, "db", string_data={"p": value})
     app = make_caller(ns)
     app.grant("db")
-    wait_granted(kube_admin, ns, "app", "db")
+    kube_admin.wait_granted(ns, "app", "db")
     broker = start_broker(aws=False, env=K8S_ONLY)
     flood = SlowFlood(broker.port, client_hello(pki.ca_bundle),
                       rawhttp.tls_context(pki.ca_bundle, app.cert))
@@ -577,7 +562,7 @@ def test_slow_connections_are_bounded_and_callers_still_served(
           f" {len(served)} normal requests meanwhile, p50 {p50 * 1000:.0f} ms,"
           f" max {worst * 1000:.0f} ms; flood opened in {opened - flood.conns[0].opened:.1f} s")
     assert p50 < 1.0 and worst < 5.0
-    assert eventually(lambda: metric(broker, "secrets_broker_connections") <= 4, 10)
+    assert eventually(lambda: broker.metric("secrets_broker_connections") <= 4, 10)
 
 
 # MAX_CONNECTIONS: past the cap a new connection is not served (refused or
@@ -589,15 +574,15 @@ def test_connection_cap(start_broker, ns, make_caller, kube_admin, canaries):
     kube_admin.create_secret(ns, "db", string_data={"p": value})
     app = make_caller(ns)
     app.grant("db")
-    wait_granted(kube_admin, ns, "app", "db")
+    kube_admin.wait_granted(ns, "app", "db")
     broker = start_broker(aws=False, env={**K8S_ONLY, "MAX_CONNECTIONS": "16"})
     first = app.client(broker)  # its keep-alive connection stays open
     assert first.secret("db").status == 200
-    assert eventually(lambda: metric(broker, "secrets_broker_connections") == 1, 5)
+    assert eventually(lambda: broker.metric("secrets_broker_connections") == 1, 5)
 
     held = [socket.create_connection(("127.0.0.1", broker.port)) for _ in range(15)]
     try:
-        assert eventually(lambda: metric(broker, "secrets_broker_connections") == 16, 5)
+        assert eventually(lambda: broker.metric("secrets_broker_connections") == 16, 5)
         t0 = time.monotonic()
         with pytest.raises((OSError, EOFError)):  # closed during the handshake
             rawhttp.RawConn(broker.port, rawhttp.tls_context(broker.ca_path, app.cert),
@@ -605,7 +590,7 @@ def test_connection_cap(start_broker, ns, make_caller, kube_admin, canaries):
         refused_after = time.monotonic() - t0
         print(f"\nover the cap: refused after {refused_after:.3f} s")
         assert refused_after < 2.0  # at once, not left in the listen queue
-        assert metric(broker, "secrets_broker_connections_refused_total") == 1
+        assert broker.metric("secrets_broker_connections_refused_total") == 1
         # The connection already open is still served.
         r = first.secret("db")
         assert r.status == 200, r

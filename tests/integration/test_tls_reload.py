@@ -99,20 +99,12 @@ def get(port, ctx, path, session=None):
         conn.close()
 
 
-def metric(broker, name, **labels):
-    return broker.metrics().get((name, tuple(sorted(labels.items()))), 0)
-
-
-
 def setup_secret(ns, make_caller, kube_admin, canaries):
     value = canaries.make("tls-reload")
     kube_admin.create_secret(ns, "db", string_data={"p": value})
     app = make_caller(ns)
     app.grant("db")
-    until = time.monotonic() + 15
-    while not kube_admin.subject_access_review(ns, "app", "get", "secrets", "db")["allowed"]:
-        assert time.monotonic() < until, "RBAC never arrived"
-        time.sleep(0.1)
+    kube_admin.wait_granted(ns, "app", "db")
     return value
 
 
@@ -252,8 +244,8 @@ def test_rotation_under_load_fails_no_request(start_broker, ns, make_caller, kub
     assert load.ok >= 50
     assert {server1.cert.serial_number, server2.cert.serial_number,
             server3.cert.serial_number} <= load.serials
-    assert metric(broker, "secrets_broker_tls_reloads_total", result="ok") == 3
-    assert metric(broker, "secrets_broker_tls_reloads_total", result="failed") == 0
+    assert broker.metric("secrets_broker_tls_reloads_total", result="ok") == 3
+    assert broker.metric("secrets_broker_tls_reloads_total", result="failed") == 0
     assert any(r.get("module") == "tls" and "reloaded" in r.get("msg", "")
                for r in broker.log_records())
 
@@ -271,7 +263,7 @@ def test_bad_material_keeps_the_old(start_broker, ns, make_caller, kube_admin, c
     other = issue_server(pki.ca, "broker-server-next")
 
     def failed_reloads():
-        return metric(broker, "secrets_broker_tls_reloads_total", result="failed")
+        return broker.metric("secrets_broker_tls_reloads_total", result="failed")
 
     def still_old():
         status, body, serial, _, _ = get(broker.port, ctx, path)
@@ -303,7 +295,7 @@ def test_bad_material_keeps_the_old(start_broker, ns, make_caller, kube_admin, c
     vol.update(server_files([pki.ca.cert], other))
     assert eventually(lambda: get(broker.port, ctx, path)[2] == other.cert.serial_number,
                       PICKUP)
-    assert metric(broker, "secrets_broker_tls_reloads_total", result="ok") == 1
+    assert broker.metric("secrets_broker_tls_reloads_total", result="ok") == 1
 
 
 def test_no_resumption_across_a_ca_change(start_broker, ns, make_caller, kube_admin, canaries,
@@ -330,7 +322,7 @@ def test_no_resumption_across_a_ca_change(start_broker, ns, make_caller, kube_ad
     # come back, even though its ticket is still within its lifetime.
     vol.update(server_files([ca2.cert], issue_server(ca2, "broker-server-ca2")))
     assert eventually(
-        lambda: metric(broker, "secrets_broker_tls_reloads_total", result="ok") == 1, PICKUP)
+        lambda: broker.metric("secrets_broker_tls_reloads_total", result="ok") == 1, PICKUP)
     try:
         status, _, _, _, reused = get(broker.port, ctx, path, session=session)
         resumed = reused or status == 200
@@ -345,6 +337,6 @@ def test_no_resumption_across_a_ca_change(start_broker, ns, make_caller, kube_ad
     assert status == 200
     vol.update(server_files([ca2.cert, pki.ca.cert], issue_server(ca2, "broker-server-ca2b")))
     assert eventually(
-        lambda: metric(broker, "secrets_broker_tls_reloads_total", result="ok") == 2, PICKUP)
+        lambda: broker.metric("secrets_broker_tls_reloads_total", result="ok") == 2, PICKUP)
     status, _, _, _, reused = get(broker.port, ctx2, path, session=session2)
     assert (status, reused) == (200, False)

@@ -149,6 +149,10 @@ class Broker:
                 out[(s.name, tuple(sorted(s.labels.items())))] = s.value
         return out
 
+    def metric(self, name, **labels):
+        """One series' value now (0 when it is absent)."""
+        return self.metrics().get((name, tuple(sorted(labels.items()))), 0)
+
     def client(self, cert, timeout=15):
         c = BrokerClient(self.url, self.ca_path, cert, timeout)
         self._clients.append(c)

@@ -224,6 +224,16 @@ class KubeClient:
         return out["status"]
 
 
+    def wait_granted(self, ns, sa, *names, timeout=15):
+        """Waits until the authorizer lets ns/sa get each secret name (RBAC
+        changes take a moment to reach it), so a broker never caches a
+        denial the test did not mean."""
+        until = time.monotonic() + timeout
+        for name in names:
+            while not self.subject_access_review(ns, sa, "get", "secrets", name)["allowed"]:
+                assert time.monotonic() < until, f"RBAC for {ns}/{sa} on {name} never arrived"
+                time.sleep(0.1)
+
 def _binding(kind, name, role, subjects, cluster_role, ns=None):
     meta = {"name": name}
     if ns:
